@@ -1,0 +1,1 @@
+"""Attacks: one file per method, each registered with ``@register_attack``."""

@@ -1,0 +1,156 @@
+"""``bench``: run suites, list methods, render reports, gate on leakage regressions.
+
+Every user error is one line on stderr and exit code 2; a run with failed cells exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from pathlib import Path
+
+from . import registry
+from .errors import BenchError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2
+        self.exit(2, f"bench: error: {message}\n")
+
+
+def _cmd_list(args) -> int:
+    what = args.what
+    kinds = ["defenses", "attacks", "datasets", "suites"] if what == "all" else [what]
+    for kind in kinds:
+        if what == "all":
+            print(f"{kind}:")
+        if kind == "suites":
+            from .suite import load_suite_file, suite_names
+
+            for name in suite_names():
+                _, data = load_suite_file(name)
+                print(f"  {name:<16} {str(data.get('description', '')).strip().splitlines()[0] if data.get('description') else ''}")
+            continue
+        for name in registry.names(kind):
+            cls = registry.get(kind, name)
+            doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+            if kind == "defenses":
+                print(f"  {name:<16} unit={cls.privacy_unit:<8} {doc}")
+            elif kind == "attacks":
+                print(f"  {name:<16} kind={cls.kind:<10} {doc}")
+            else:
+                print(f"  {name:<16} {doc}")
+    for err in registry.plugin_errors():
+        print(f"warning: {err}", file=sys.stderr)
+    return 0
+
+
+def _cmd_run(args) -> int:
+    from .runner import run_suite
+    from .suite import load_suite
+
+    if args.jobs < 1:
+        raise BenchError(f"--jobs must be >= 1, got {args.jobs}")
+    suite = load_suite(args.suite, args.set)
+    if args.dry_run:
+        cells = suite.cells()
+        print(f"suite '{suite.name}': {len(cells)} cells (dry run, nothing trained)")
+        for c in cells:
+            eps = "inf" if math.isinf(c["epsilon"]) else f"{c['epsilon']:g}"
+            print(f"  {c['dataset']:<14} eps={eps:<6} delta={c['delta']:g} {c['defense']:<12} seed={c['seed']} "
+                  f"attacks={','.join(c['attacks']) or '-'}")
+        return 0
+    out = Path(args.out or Path("runs") / suite.name)
+    res = run_suite(suite, out, jobs=args.jobs, device=args.device, cache_dir=args.cache_dir,
+                    data_dir=args.data_root, argv=sys.argv)
+    return 1 if res["failed"] else 0
+
+
+def _cmd_report(args) -> int:
+    from reports.tables import write_report
+
+    paths = write_report(args.run_dir, args.out)
+    for p in paths:
+        print(p)
+    return 0
+
+
+def _cmd_check(args) -> int:
+    from reports.check import check_run, write_baseline
+
+    if args.write_baseline:
+        path = write_baseline(args.run_dir, args.baseline)
+        print(f"baseline written: {path}")
+        return 0
+    ok, lines = check_run(args.run_dir, args.baseline, leakage_tolerance=args.tolerance,
+                          accuracy_tolerance=args.accuracy_tolerance)
+    for line in lines:
+        print(line)
+    return 0 if ok else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="bench", description="Privacy attack-and-audit benchmark harness")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    r = sub.add_parser("run", help="run a suite (skips cells already done in --out)")
+    r.add_argument("--suite", required=True, help="suite name (see `bench list suites`) or path to a YAML file")
+    r.add_argument("--out", help="run directory (default runs/<suite>)")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a suite key, dotted (e.g. defenses.dpsgd.epochs=5); repeatable")
+    r.add_argument("--jobs", type=int, default=1, help="cells run in parallel (local process pool)")
+    r.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="torch device")
+    r.add_argument("--dry-run", action="store_true", help="list the expanded cells and exit")
+    r.add_argument("--data-root", help="dataset root (default $BENCH_DATA or ~/.cache/privacy-bench/data)")
+    r.add_argument("--cache-dir", help="artifact cache (default $BENCH_CACHE/artifacts)")
+    r.set_defaults(func=_cmd_run)
+
+    ls = sub.add_parser("list", help="list registered methods, datasets or suites")
+    ls.add_argument("what", nargs="?", default="all", choices=["all", "defenses", "attacks", "datasets", "suites"])
+    ls.set_defaults(func=_cmd_list)
+
+    rep = sub.add_parser("report", help="render tables (Markdown, CSV, LaTeX) from a run directory")
+    rep.add_argument("run_dir")
+    rep.add_argument("--out", help="output directory (default RUN_DIR/report)")
+    rep.set_defaults(func=_cmd_report)
+
+    ch = sub.add_parser("check", help="fail when leakage rises or accuracy falls against a baseline")
+    ch.add_argument("run_dir")
+    ch.add_argument("--baseline", required=True, help="baseline JSON file")
+    ch.add_argument("--tolerance", type=float, default=0.05,
+                    help="allowed absolute rise of a leakage metric (default 0.05)")
+    ch.add_argument("--accuracy-tolerance", type=float, default=0.02,
+                    help="allowed absolute drop of accuracy (default 0.02)")
+    ch.add_argument("--write-baseline", action="store_true", help="write the baseline from this run instead")
+    ch.set_defaults(func=_cmd_check)
+    return p
+
+
+def _quiet_known_warnings() -> None:
+    """Library warnings that are expected in a benchmark and would drown the per-cell lines."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message="Secure RNG turned off")  # documented: secure_mode off
+    warnings.filterwarnings("ignore", message="Full backward hook is firing")  # Opacus hooks on layer 1
+    warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet_known_warnings()
+    if getattr(args, "data_root", None):
+        os.environ["BENCH_DATA"] = args.data_root
+    try:
+        return args.func(args)
+    except BenchError as e:
+        print(f"bench: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bench: interrupted; finished cells are stored, rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

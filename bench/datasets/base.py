@@ -1,0 +1,87 @@
+"""Dataset base class and the data-root / cache conventions.
+
+Data root: ``--data-root`` or the ``BENCH_DATA`` environment variable, default
+``~/.cache/privacy-bench/data``. Each dataset lives in ``<root>/<folder>/`` in torchvision's
+layout (e.g. ``<root>/mnist/MNIST/raw/train-images-idx3-ubyte.gz``). A read-only root (such as a
+shared data mount) is never written to: the dataset folder is copied into the writable cache
+first (``BENCH_CACHE``, default ``~/.cache/privacy-bench``) and torchvision extracts there.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BenchError
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("BENCH_CACHE") or Path.home() / ".cache" / "privacy-bench").expanduser()
+
+
+def data_root() -> Path:
+    return Path(os.environ.get("BENCH_DATA") or cache_root() / "data").expanduser()
+
+
+@dataclass
+class RawData:
+    """Full arrays of a dataset: images as float32 in [0, 1], shape (N, C, H, W)."""
+
+    train_x: np.ndarray
+    train_y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+    classes: list[str]
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train_x.shape[1:])
+
+
+class Dataset:
+    """A registered dataset. Subclasses set the class attributes and implement :meth:`load`."""
+
+    name: str = ""
+    #: folder under the data root
+    folder: str = ""
+    #: the raw files expected under ``<root>/<folder>/``, for the offline error message
+    expected_files: tuple[str, ...] = ()
+    #: default protocol sizes (members, validation, non-member pool); see bench.tasks
+    default_sizes: dict = {}
+    #: default private classes for the inversion protocol
+    default_private_classes: tuple[int, ...] = (0, 1, 2, 3, 4)
+    source: str = ""
+
+    def load(self, root: Path, download: bool = True) -> RawData:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # -- helpers for torchvision-backed datasets -------------------------------------------
+    def writable_folder(self, root: Path) -> Path:
+        """``<root>/<folder>``, or a copy of it in the cache when ``root`` is read-only."""
+        src = root / self.folder
+        if src.exists() and not os.access(src, os.W_OK):
+            dst = cache_root() / "data" / self.folder
+            if not dst.exists():
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{self.folder}-"))
+                shutil.copytree(src, tmp, dirs_exist_ok=True)
+                for p in [tmp, *tmp.rglob("*")]:
+                    p.chmod(0o755 if p.is_dir() else 0o644)
+                try:
+                    os.replace(tmp, dst)
+                except OSError:  # another process won the race
+                    shutil.rmtree(tmp, ignore_errors=True)
+            return dst
+        return src
+
+    def missing_error(self, root: Path, err: Exception) -> BenchError:
+        files = ", ".join(f"{root / self.folder}/{f}" for f in self.expected_files)
+        return BenchError(
+            f"dataset '{self.name}' is not available under {root} and could not be downloaded "
+            f"({type(err).__name__}); expected files: {files} — set --data-root or BENCH_DATA"
+        )

@@ -1,0 +1,38 @@
+"""CIFAR-10 (Krizhevsky 2009) through torchvision's real loader.
+
+Not exercised offline in this project's CI (the archive is not available there); on a
+connected machine torchvision downloads it into ``<data root>/cifar10``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..registry import register_dataset
+from .base import Dataset, RawData
+
+
+@register_dataset("cifar10")
+class CIFAR10(Dataset):
+    """CIFAR-10, 50 000 train / 10 000 test, 32x32 RGB (downloads ~170 MB when online)."""
+
+    folder = "cifar10"
+    expected_files = ("cifar-10-python.tar.gz",)
+    default_sizes = {"members": 40000, "val": 2000, "nonmembers": 8000}
+    source = "torchvision.datasets.CIFAR10 (Krizhevsky 2009)"
+
+    def load(self, root: Path, download: bool = True) -> RawData:
+        from torchvision.datasets import CIFAR10 as TV
+
+        folder = self.writable_folder(root)
+        try:
+            train = TV(str(folder), train=True, download=download)
+            test = TV(str(folder), train=False, download=download)
+        except Exception as e:
+            raise self.missing_error(root, e) from None
+        tx = np.transpose(train.data, (0, 3, 1, 2)).astype(np.float32) / 255.0
+        vx = np.transpose(test.data, (0, 3, 1, 2)).astype(np.float32) / 255.0
+        return RawData(tx, np.asarray(train.targets, np.int64), vx, np.asarray(test.targets, np.int64),
+                       list(train.classes))

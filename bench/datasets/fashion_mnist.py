@@ -1,0 +1,26 @@
+"""Fashion-MNIST (Xiao, Rasul, Vollgraf 2017) through torchvision's real loader."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..registry import register_dataset
+from .base import Dataset, RawData
+from .mnist import load_torchvision
+
+
+@register_dataset("fashion-mnist")
+class FashionMNIST(Dataset):
+    """Fashion-MNIST, 60 000 train / 10 000 test, 28x28 grey, 10 clothing classes."""
+
+    folder = "fashion-mnist"
+    expected_files = tuple(f.replace("MNIST/", "FashionMNIST/") for f in (
+        "MNIST/raw/train-images-idx3-ubyte.gz", "MNIST/raw/train-labels-idx1-ubyte.gz",
+        "MNIST/raw/t10k-images-idx3-ubyte.gz", "MNIST/raw/t10k-labels-idx1-ubyte.gz"))
+    default_sizes = {"members": 48000, "val": 2000, "nonmembers": 10000}
+    source = "torchvision.datasets.FashionMNIST (Zalando Research)"
+
+    def load(self, root: Path, download: bool = True) -> RawData:
+        from torchvision.datasets import FashionMNIST as TV
+
+        return load_torchvision(self, TV, root, download)

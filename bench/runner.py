@@ -1,0 +1,293 @@
+"""The runner: the only place that knows about caching, storage and parallelism.
+
+suite -> cells -> (per cell) fit the defense (cached release) -> measure utility -> run every
+attack (cached result) -> one transaction into the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import math
+import os
+import sys
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+from tqdm.auto import tqdm
+
+from . import __version__, registry
+from .api import Context, Release
+from .cache import Cache, digest
+from .config import config_dict, make_config
+from .datasets.base import cache_root, data_root
+from .errors import BenchError
+from .executors import make_executor
+from .release_io import bundle_to_release, bundle_to_result, release_to_bundle, result_to_bundle
+from .store import Store, provenance
+from .suite import Suite
+from .tasks import Task, build_task
+from .train import accuracy, seed_everything
+
+_SOURCE_HASHES: dict[str, str] = {}
+_CORE_FILES = ("models.py", "train.py", "tasks.py", "privacy.py")
+
+
+def _file_hash(path: str) -> str:
+    if path not in _SOURCE_HASHES:
+        try:
+            with open(path, "rb") as f:
+                _SOURCE_HASHES[path] = hashlib.sha256(f.read()).hexdigest()[:16]
+        except OSError:
+            _SOURCE_HASHES[path] = "missing"
+    return _SOURCE_HASHES[path]
+
+
+def code_version(cls: type) -> dict:
+    """What code a cached result depends on: the method's own source file, the shared numerical
+    modules, and the package version. Editing a method invalidates exactly its results."""
+    here = Path(__file__).parent
+    return {"bench": __version__, "method": _file_hash(inspect.getsourcefile(cls)),
+            "core": digest({f: _file_hash(str(here / f)) for f in _CORE_FILES})[:16]}
+
+
+def _eps_key(eps: float):
+    return "inf" if math.isinf(eps) else float(eps)
+
+
+@dataclass
+class Env:
+    """Everything a worker needs to run a cell (picklable)."""
+
+    run_dir: str
+    cache_dir: str
+    data_root: str
+    device: str
+    run_id: str
+    progress: bool = True
+    threads: Optional[int] = None
+
+
+class CellContext(Context):
+    def __init__(self, env: Env, cache: Cache, task: Task, epsilon: float, delta: float, seed: int,
+                 logs: list[str], dataset_config: dict, tasks: dict):
+        self.env = env
+        self.cache = cache
+        self.task = task
+        self.epsilon = epsilon
+        self.delta = delta
+        self.seed = seed
+        self.device = torch.device(env.device)
+        self.dataset_config = dataset_config
+        self._logs = logs
+        self._tasks = tasks
+        self.keys: dict[str, str] = {}
+
+    def log(self, message: str) -> None:
+        self._logs.append(message)
+
+    def progress(self, iterable, **kwargs):
+        kwargs.setdefault("leave", False)
+        kwargs.setdefault("dynamic_ncols", True)
+        return tqdm(iterable, disable=not self.env.progress, **kwargs)
+
+    def task_for(self, kind: str, seed: Optional[int] = None) -> Task:
+        seed = self.seed if seed is None else seed
+        return get_task(self.task.dataset, self.dataset_config[kind if kind == "inversion" else "protocol"], seed,
+                        self.env.data_root, self._tasks)
+
+    def fit_defense(self, name: str, config: Optional[dict] = None, *, task: Optional[Task] = None,
+                    epsilon: Optional[float] = None, seed: Optional[int] = None) -> Release:
+        cls = registry.get_defense(name)
+        cfg = config_dict(make_config(cls.Config, config or {}, f"defenses.{name}"))
+        rel, _, _ = fit_release(self, cls, cfg, task or self.task, self.epsilon if epsilon is None else epsilon,
+                                self.delta, self.seed if seed is None else seed)
+        return rel
+
+    def artifact(self, kind: str, key: dict, build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        bundle, _ = self.cache.get_or_build(f"artifact-{kind}", {"key": key, "bench": __version__}, build, self.log)
+        return bundle
+
+
+def get_task(dataset: str, protocol: dict, seed: int, root: str, memo: dict) -> Task:
+    k = digest({"d": dataset, "p": protocol, "s": seed, "r": root})
+    if k not in memo:
+        memo[k] = build_task(dataset, protocol, seed, root)
+    return memo[k]
+
+
+def fit_release(ctx: CellContext, cls: type, cfg: dict, task: Task, epsilon: float, delta: float,
+                seed: int) -> tuple[Release, dict, str]:
+    """Fit (or load from the cache) defense ``cls`` with ``cfg`` on ``task``; returns the release,
+    its utility metrics (measured on val and test by the runner, never by the defense) and its key."""
+    payload = {"kind": "release", "defense": cls.name, "config": cfg,
+               "epsilon": _eps_key(epsilon) if cls.privacy_unit != "none" else "inf",
+               "delta": delta if cls.privacy_unit != "none" else None, "task": task.fingerprint, "seed": seed,
+               "code": code_version(cls)}
+
+    def build():
+        seed_everything(seed)
+        sub = CellContext(ctx.env, ctx.cache, task, epsilon, delta, seed, ctx._logs, ctx.dataset_config,
+                          ctx._tasks)
+        t0 = time.time()
+        rel = cls(make_config(cls.Config, cfg, f"defenses.{cls.name}")).fit(sub)
+        fit_time = time.time() - t0
+        model = rel.model.to(ctx.device)
+        utility = {"test_acc": accuracy(model, task.test, ctx.device),
+                   "val_acc": accuracy(model, task.val, ctx.device), "fit_seconds": fit_time}
+        rel.info.setdefault("fit_seconds", fit_time)
+        return release_to_bundle(rel.to("cpu"), utility)
+
+    bundle, _ = ctx.cache.get_or_build("release", payload, build, ctx.log)
+    rel, utility = bundle_to_release(bundle, ctx.device)
+    return rel, utility, digest(payload)
+
+
+def cell_key(cell: dict) -> str:
+    d = registry.get_defense(cell["defense"])
+    attacks = {a: code_version(registry.get_attack(a)) for a in cell["attacks"]}
+    return digest({"cell": cell, "code": code_version(d), "attack_code": attacks})[:24]
+
+
+def _fmt_eps(eps: Optional[float]) -> str:
+    return "inf" if eps is None or math.isinf(eps) else f"{eps:g}"
+
+
+def execute_cell(job: tuple[dict, Env]) -> dict:
+    """Run one cell and record it in the store; never raises (failures are recorded)."""
+    cell, env = job
+    if env.threads:
+        torch.set_num_threads(env.threads)
+    key = cell_key(cell)
+    started = time.time()
+    logs: list[str] = []
+    cache = Cache(env.cache_dir)
+    store = Store(env.run_dir)
+    prov = provenance(env.device)
+    metrics: list[tuple[str, str, float]] = []
+    artifacts: list[tuple[str, str, str, str]] = []
+    split = privacy = info = None
+    try:
+        tasks: dict = {}
+        dcfg = {"protocol": cell["protocol"], "inversion": cell["inversion"]}
+        task = get_task(cell["dataset"], cell["protocol"], cell["seed"], env.data_root, tasks)
+        ctx = CellContext(env, cache, task, cell["epsilon"], cell["delta"], cell["seed"], logs, dcfg, tasks)
+        dcls = registry.get_defense(cell["defense"])
+        rel, utility, rkey = fit_release(ctx, dcls, cell["defense_config"], task, cell["epsilon"], cell["delta"],
+                                         cell["seed"])
+        split = task.info
+        privacy = rel.privacy.to_dict()
+        info = {"release": rel.info, "logs": logs}
+        artifacts.append(("release", "release", rkey, str(cache.path("release", rkey))))
+        metrics += [("utility", k, v) for k, v in utility.items()]
+        if not math.isinf(rel.privacy.epsilon):
+            metrics.append(("privacy", "epsilon_spent", rel.privacy.epsilon))
+        inv_rel = None
+        for aname, acfg in cell["attacks"].items():
+            acls = registry.get_attack(aname)
+            target, tkey, atask = rel, rkey, task
+            if acls.kind == "inversion":
+                if inv_rel is None:
+                    itask = ctx.task_for("inversion")
+                    inv_rel, inv_util, ikey = fit_release(ctx, dcls, cell["defense_config"], itask, cell["epsilon"],
+                                                          cell["delta"], cell["seed"])
+                    metrics += [("inversion-target", k, v) for k, v in inv_util.items()]
+                    artifacts.append(("inversion-release", "release", ikey, str(cache.path("release", ikey))))
+                target, tkey, atask = inv_rel, ikey, itask
+            actx = CellContext(env, cache, atask, cell["epsilon"], cell["delta"], cell["seed"], logs, dcfg, tasks)
+            payload = {"kind": "attack", "attack": aname, "config": acfg, "release": tkey, "task": atask.fingerprint,
+                       "seed": cell["seed"], "code": code_version(acls)}
+
+            def build(acls=acls, acfg=acfg, actx=actx, target=target, aname=aname):
+                seed_everything(cell["seed"] + 1)
+                res = acls(make_config(acls.Config, acfg, f"attacks.{aname}")).run(actx, target)
+                return result_to_bundle(res)
+
+            bundle, _ = cache.get_or_build("attack", payload, build, logs.append)
+            res = bundle_to_result(bundle)
+            akey = digest(payload)
+            artifacts.append((f"attack:{aname}", "attack", akey, str(cache.path("attack", akey))))
+            metrics += [(aname, k, v) for k, v in res.metrics.items()]
+        status, error = "done", None
+    except BenchError as e:
+        status, error = "failed", f"BenchError: {e}"
+    except Exception:
+        status, error = "failed", traceback.format_exc()
+    wall = time.time() - started
+    store.record_cell(cell_key=key, run_id=env.run_id, cell=cell, status=status, split=split, privacy=privacy,
+                      info=info if info is not None else {"logs": logs}, error=error, wall_time=wall,
+                      device=env.device, prov=prov, metrics=metrics, artifacts=artifacts, started=started)
+    store.close()
+    return {"cell": cell, "key": key, "status": status, "error": error, "metrics": metrics, "privacy": privacy,
+            "wall": wall, "hits": cache.hits, "misses": cache.misses}
+
+
+def summary_line(r: dict) -> str:
+    c = r["cell"]
+    head = f"{c['dataset']} eps={_fmt_eps(c['epsilon'])} {c['defense']} seed={c['seed']}"
+    if r["status"] != "done":
+        last = (r["error"] or "").strip().splitlines()[-1:] or [""]
+        return f"{head}: FAILED ({last[0][:200]})"
+    m = {f"{s}.{n}" if s != "utility" else n: v for s, n, v in r["metrics"]}
+    parts = [f"test_acc={m.get('test_acc', float('nan')):.4f}"]
+    for k, v in m.items():
+        if k.endswith(".auc") or k.endswith(".attack_acc"):
+            parts.append(f"{k}={v:.3f}")
+    p = r["privacy"] or {}
+    if p.get("unit") and p["unit"] != "none":
+        parts.append(f"eps_spent={_fmt_eps(p.get('epsilon'))} ({p['unit']}-level, delta={p['delta']:g}, {p['accountant']})")
+    cache = "cached" if r["misses"] == 0 else f"{r['misses']} built, {r['hits']} cached"
+    return f"{head}: {' '.join(parts)} [{r['wall']:.1f}s, {cache}]"
+
+
+def run_suite(suite: Suite, out: str | Path, *, jobs: int = 1, device: str = "cpu",
+              cache_dir: str | Path | None = None, data_dir: str | Path | None = None, argv=None,
+              echo: Callable[[str], None] = print, progress: Optional[bool] = None) -> dict:
+    """Run every cell of ``suite`` not already finished in ``out``; returns counts."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise BenchError("--device cuda was asked for but torch.cuda.is_available() is False")
+    root = str(Path(data_dir) if data_dir else data_root())
+    for ds in suite.datasets:  # pre-flight: missing data is a user error, before anything is written
+        from .tasks import _load_raw
+
+        _load_raw(ds, root)
+    cells = suite.cells()
+    out = Path(out)
+    store = Store(out)
+    run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+    store.start_run(run_id, suite.name, suite.raw, list(argv or sys.argv), provenance(device))
+    todo, skipped = [], 0
+    for c in cells:
+        if store.cell_status(cell_key(c)) == "done":
+            skipped += 1
+        else:
+            todo.append(c)
+    if progress is None:
+        progress = sys.stderr.isatty() or bool(os.environ.get("BENCH_PROGRESS"))
+    env = Env(str(out), str(Path(cache_dir) if cache_dir else cache_root() / "artifacts"), root, device, run_id,
+              progress=progress and jobs <= 1)
+    echo(f"suite '{suite.name}': {len(cells)} cells, {skipped} already done, {len(todo)} to run "
+         f"(out: {out}, jobs: {jobs}, device: {device})")
+    executor = make_executor(jobs)
+    failed = done = 0
+    bar = tqdm(total=len(todo), desc=f"suite {suite.name}", disable=not progress, dynamic_ncols=True)
+    t0 = time.time()
+    try:
+        for i, r in enumerate(executor.imap(execute_cell, [(c, env) for c in todo]), 1):
+            bar.update(1)
+            done += r["status"] == "done"
+            failed += r["status"] != "done"
+            tqdm.write(f"[{i}/{len(todo)}] {summary_line(r)}", file=sys.stdout) if progress else echo(
+                f"[{i}/{len(todo)}] {summary_line(r)}")
+    finally:
+        bar.close()
+        store.finish_run(run_id, "failed" if failed else "done")
+        store.close()
+    echo(f"suite '{suite.name}': {done} done, {failed} failed, {skipped} skipped (already done) "
+         f"in {time.time() - t0:.1f}s; results in {out / 'results.sqlite'}")
+    return {"cells": len(cells), "done": done, "failed": failed, "skipped": skipped, "run_id": run_id}

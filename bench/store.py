@@ -1,0 +1,168 @@
+"""The run store: one SQLite database (``results.sqlite``) per run directory.
+
+Tables: ``runs`` (one row per ``bench run`` invocation), ``cells`` (one row per grid cell, with
+its full resolved config, split, privacy claim, status, traceback if it failed, wall time,
+device and provenance), ``metrics`` (one row per number) and ``artifacts`` (cache keys and
+files a cell produced). A finished cell is written in a single transaction, so a killed run
+leaves either the whole cell or nothing. WAL mode plus a busy timeout lets several
+``bench run`` processes (or ``--jobs`` workers) share one store safely.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import platform
+import sqlite3
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+  run_id TEXT PRIMARY KEY, suite TEXT, suite_config TEXT, argv TEXT, started REAL, finished REAL,
+  status TEXT, provenance TEXT);
+CREATE TABLE IF NOT EXISTS cells (
+  cell_key TEXT PRIMARY KEY, run_id TEXT, dataset TEXT, epsilon REAL, delta REAL, defense TEXT,
+  seed INTEGER, status TEXT, config TEXT, split TEXT, privacy TEXT, info TEXT, error TEXT,
+  wall_time REAL, device TEXT, provenance TEXT, started REAL, finished REAL);
+CREATE TABLE IF NOT EXISTS metrics (
+  cell_key TEXT, source TEXT, name TEXT, value REAL, PRIMARY KEY (cell_key, source, name));
+CREATE TABLE IF NOT EXISTS artifacts (
+  cell_key TEXT, name TEXT, kind TEXT, cache_key TEXT, path TEXT, PRIMARY KEY (cell_key, name));
+"""
+
+DB_NAME = "results.sqlite"
+
+
+def _versions() -> dict:
+    out = {"python": sys.version.split()[0]}
+    for pkg in ("privacy-bench", "torch", "torchvision", "opacus", "dp-accounting", "numpy", "scikit-learn",
+                "scipy", "pandas"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def git_sha() -> Optional[str]:
+    here = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5)
+        if sha.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5)
+        return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def provenance(device: str = "cpu") -> dict:
+    return {"git_sha": git_sha(), "versions": _versions(), "platform": platform.platform(),
+            "machine": platform.machine(), "device": device, "cpu_count": os.cpu_count(),
+            "torch_threads": _torch_threads()}
+
+
+def _torch_threads():
+    try:
+        import torch
+
+        return torch.get_num_threads()
+    except Exception:  # pragma: no cover
+        return None
+
+
+def _eps(v: float) -> Optional[float]:
+    return None if v is None or math.isinf(v) else float(v)
+
+
+class Store:
+    def __init__(self, run_dir: str | Path, create: bool = True):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / DB_NAME
+        if create:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        self._conn.row_factory = sqlite3.Row
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA busy_timeout=60000")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        with self.transaction() as c:
+            for stmt in SCHEMA.split(";"):
+                if stmt.strip():
+                    c.execute(stmt)
+
+    @staticmethod
+    def exists(run_dir: str | Path) -> bool:
+        return (Path(run_dir) / DB_NAME).exists()
+
+    def close(self):
+        self._conn.close()
+
+    @contextlib.contextmanager
+    def transaction(self):
+        c = self._conn
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            yield c
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+
+    # -- runs --------------------------------------------------------------------------------
+    def start_run(self, run_id: str, suite: str, suite_config: dict, argv: list[str], prov: dict) -> None:
+        with self.transaction() as c:
+            c.execute("INSERT INTO runs VALUES (?,?,?,?,?,?,?,?)",
+                      (run_id, suite, json.dumps(suite_config), json.dumps(argv), time.time(), None, "running",
+                       json.dumps(prov)))
+
+    def finish_run(self, run_id: str, status: str) -> None:
+        with self.transaction() as c:
+            c.execute("UPDATE runs SET finished=?, status=? WHERE run_id=?", (time.time(), status, run_id))
+
+    # -- cells -------------------------------------------------------------------------------
+    def cell_status(self, cell_key: str) -> Optional[str]:
+        row = self._conn.execute("SELECT status FROM cells WHERE cell_key=?", (cell_key,)).fetchone()
+        return None if row is None else row["status"]
+
+    def record_cell(self, *, cell_key: str, run_id: str, cell: dict, status: str, split: dict | None,
+                    privacy: dict | None, info: dict | None, error: str | None, wall_time: float, device: str,
+                    prov: dict, metrics: Iterable[tuple[str, str, float]] = (),
+                    artifacts: Iterable[tuple[str, str, str, str]] = (), started: float | None = None) -> None:
+        """Write one finished (or failed) cell with all its metrics in one transaction."""
+        with self.transaction() as c:
+            c.execute("DELETE FROM metrics WHERE cell_key=?", (cell_key,))
+            c.execute("DELETE FROM artifacts WHERE cell_key=?", (cell_key,))
+            c.execute("INSERT OR REPLACE INTO cells VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                      (cell_key, run_id, cell["dataset"], _eps(cell["epsilon"]), cell["delta"], cell["defense"],
+                       cell["seed"], status, json.dumps(cell, default=str), json.dumps(split),
+                       json.dumps(privacy), json.dumps(info, default=str), error, wall_time, device,
+                       json.dumps(prov), started, time.time()))
+            c.executemany("INSERT OR REPLACE INTO metrics VALUES (?,?,?,?)",
+                          [(cell_key, s, n, float(v)) for s, n, v in metrics])
+            c.executemany("INSERT OR REPLACE INTO artifacts VALUES (?,?,?,?,?)",
+                          [(cell_key, *a) for a in artifacts])
+
+    # -- queries -----------------------------------------------------------------------------
+    def query(self, sql: str, params: tuple = ()) -> list[dict[str, Any]]:
+        return [dict(r) for r in self._conn.execute(sql, params).fetchall()]
+
+    def cells(self, status: Optional[str] = None) -> list[dict]:
+        if status:
+            return self.query("SELECT * FROM cells WHERE status=? ORDER BY dataset, defense, epsilon, seed", (status,))
+        return self.query("SELECT * FROM cells ORDER BY dataset, defense, epsilon, seed")
+
+    def metrics(self) -> list[dict]:
+        return self.query("SELECT * FROM metrics")
+
+    def runs(self) -> list[dict]:
+        return self.query("SELECT * FROM runs ORDER BY started")

@@ -1,0 +1,82 @@
+"""Shared training and evaluation loops (non-private). DP training lives with its defense."""
+
+from __future__ import annotations
+
+import copy
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .tasks import Split
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2**32))
+    return torch.Generator().manual_seed(seed)
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, x: torch.Tensor, device, batch_size: int = 1024) -> torch.Tensor:
+    was = model.training
+    model.eval()
+    out = [model(x[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)]
+    model.train(was)
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def accuracy(model: nn.Module, split: Split, device, batch_size: int = 1024) -> float:
+    if len(split) == 0:
+        return float("nan")
+    logits = predict_logits(model, split.x, device, batch_size)
+    return float((logits.argmax(1) == split.y).float().mean())
+
+
+def per_example_loss(model: nn.Module, split: Split, device, batch_size: int = 1024) -> np.ndarray:
+    logits = predict_logits(model, split.x, device, batch_size)
+    return F.cross_entropy(logits, split.y, reduction="none").numpy()
+
+
+def make_optimizer(params, name: str, lr: float, momentum: float = 0.9, weight_decay: float = 0.0):
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
+def fit_classifier(model: nn.Module, train: Split, val: Split, *, epochs: int, lr: float, batch_size: int,
+                   optimizer: str = "adam", weight_decay: float = 0.0, device="cpu",
+                   generator: Optional[torch.Generator] = None, progress: Callable = lambda it, **k: it,
+                   select_on_val: bool = True) -> tuple[nn.Module, dict]:
+    """Minibatch cross-entropy training; keeps the epoch with the best **validation** accuracy
+    (or the last one with ``select_on_val=False``). Returns the model and its history."""
+    model.to(device)
+    opt = make_optimizer(model.parameters(), optimizer, lr, weight_decay=weight_decay)
+    n = len(train)
+    history = {"train_loss": [], "val_acc": []}
+    best = (-1.0, None, -1)
+    for epoch in progress(range(epochs), desc="epochs", leave=False):
+        model.train()
+        perm = torch.randperm(n, generator=generator)
+        total = 0.0
+        for i in range(0, n, batch_size):
+            idx = perm[i:i + batch_size]
+            xb, yb = train.x[idx].to(device), train.y[idx].to(device)
+            loss = F.cross_entropy(model(xb), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+        va = accuracy(model, val, device)
+        history["train_loss"].append(total / n)
+        history["val_acc"].append(va)
+        if not select_on_val or va > best[0]:
+            best = (va, copy.deepcopy(model.state_dict()), epoch)
+    model.load_state_dict(best[1])
+    history["selected_epoch"] = best[2]
+    history["selected_by"] = "val_acc" if select_on_val else "last_epoch"
+    return model, history

@@ -1,0 +1,1 @@
+"""Defenses: one file per method, each registered with ``@register_defense``."""

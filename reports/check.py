@@ -1,0 +1,75 @@
+"""``bench check``: the leakage gate for CI.
+
+A baseline JSON holds, per (dataset, defense, epsilon), the mean of each gated metric and
+whether higher is worse (leakage) or lower is worse (accuracy). The check fails when a leakage
+metric rises above its baseline by more than the tolerance, when accuracy falls below it by
+more than the accuracy tolerance, or when a baseline row is missing from the run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bench.errors import BenchError
+
+from .tables import load_frame
+
+#: (source, metric) -> higher_is_worse; sources are matched for every attack of that kind
+GATED_UTILITY = {"test_acc": False}
+GATED_LEAKAGE = {"auc", "advantage", "tpr_at_1%fpr", "attack_acc"}
+
+
+def _means(run_dir) -> dict:
+    df = load_frame(run_dir)
+    out: dict = {}
+    for (ds, d, eps, src, met), g in df.groupby(["dataset", "defense", "epsilon", "source", "metric"]):
+        if src == "utility" and met in GATED_UTILITY:
+            worse = "lower"
+        elif src not in ("utility", "privacy", "inversion-target") and met in GATED_LEAKAGE:
+            worse = "higher"
+        else:
+            continue
+        out.setdefault(f"{ds}/{d}/eps={eps}", {})[f"{src}.{met}"] = {"value": float(g["value"].mean()),
+                                                                      "worse": worse}
+    return out
+
+
+def write_baseline(run_dir, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"format": 1, "rows": _means(run_dir)}, indent=1, sort_keys=True) + "\n")
+    return path
+
+
+def check_run(run_dir, baseline, leakage_tolerance: float = 0.05, accuracy_tolerance: float = 0.02):
+    try:
+        base = json.loads(Path(baseline).read_text())["rows"]
+    except FileNotFoundError:
+        raise BenchError(f"baseline file not found: {baseline} (create it with --write-baseline)") from None
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise BenchError(f"baseline file {baseline} is not a bench baseline (expected JSON with 'rows')") from None
+    if leakage_tolerance < 0 or accuracy_tolerance < 0:
+        raise BenchError("tolerances must be >= 0")
+    cur = _means(run_dir)
+    ok, lines = True, []
+    for row, metrics in sorted(base.items()):
+        if row not in cur:
+            ok = False
+            lines.append(f"FAIL {row}: missing from the run")
+            continue
+        for name, b in sorted(metrics.items()):
+            if name not in cur[row]:
+                ok = False
+                lines.append(f"FAIL {row} {name}: missing from the run")
+                continue
+            v, bv = cur[row][name]["value"], b["value"]
+            if b["worse"] == "higher":
+                bad, tol = v > bv + leakage_tolerance, leakage_tolerance
+            else:
+                bad, tol = v < bv - accuracy_tolerance, accuracy_tolerance
+            ok &= not bad
+            lines.append(f"{'FAIL' if bad else 'ok  '} {row} {name}: {v:.4f} (baseline {bv:.4f}, "
+                         f"{b['worse']} is worse, tolerance {tol:g})")
+    lines.append("check passed" if ok else "check FAILED: leakage rose or accuracy fell beyond tolerance")
+    return ok, lines
