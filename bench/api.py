@@ -107,10 +107,19 @@ class Context(Protocol):
     seed: int
     device: torch.device
     dataset_config: dict
+    #: the defense (name and resolved config) of the cell: attacks train reference/shadow models
+    #: "with the same defense, config and epsilon as the target" through these
+    defense: str
+    defense_config: dict
 
     def fit_defense(self, name: str, config: Optional[dict] = None, *, task: Optional[Task] = None,
                     epsilon: Optional[float] = None, seed: Optional[int] = None) -> Release:
         """A (cached) release of another defense, e.g. the non-private teacher of ``none``."""
+
+    def fit_many(self, requests: list[dict]) -> list[Release]:
+        """Fit several (cached) releases, in parallel when the run has ``--jobs`` to spare. Each
+        request: ``{"defense", "config", "member_rows", "tag"}`` and optionally ``"epsilon"``,
+        ``"seed"``; ``member_rows`` are dataset rows from ``task.candidate_pool()``."""
 
     def artifact(self, kind: str, key: dict, build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         """A (cached, shared) artifact: ``build`` returns a dict of tensors/arrays/JSON values,

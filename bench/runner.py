@@ -71,11 +71,15 @@ class Env:
     run_id: str
     progress: bool = True
     threads: Optional[int] = None
+    #: processes available to one cell for inner work (reference models); 1 = sequential
+    inner_jobs: int = 1
 
 
 class CellContext(Context):
     def __init__(self, env: Env, cache: Cache, task: Task, epsilon: float, delta: float, seed: int,
-                 logs: list[str], dataset_config: dict, tasks: dict):
+                 logs: list[str], dataset_config: dict, tasks: dict, defense: str = "", defense_config=None):
+        self.defense = defense
+        self.defense_config = defense_config or {}
         self.env = env
         self.cache = cache
         self.task = task
@@ -109,9 +113,54 @@ class CellContext(Context):
                                 self.delta, self.seed if seed is None else seed)
         return rel
 
+    def fit_many(self, requests: list[dict]) -> list[Release]:
+        jobs = [_fit_request(self, r) for r in requests]
+        todo = [j for j in jobs if not self.cache.contains("release", j["payload"])]
+        if todo and self.env.inner_jobs > 1 and len(todo) > 1:
+            from .executors import make_executor
+
+            self.log(f"fitting {len(todo)} reference releases with {self.env.inner_jobs} processes")
+            env = Env(**{**self.env.__dict__, "progress": False, "inner_jobs": 1})
+            for _ in make_executor(min(self.env.inner_jobs, len(todo))).imap(
+                    _fit_job, [(j["spec"], env) for j in todo]):
+                pass
+        out = []
+        for j in jobs:
+            spec = j["spec"]
+            task = self.task.derive(spec["member_rows"], spec["tag"])
+            rel, _, _ = fit_release(self, registry.get_defense(spec["defense"]), spec["config"], task,
+                                    spec["epsilon"], self.delta, spec["seed"])
+            out.append(rel)
+        return out
+
     def artifact(self, kind: str, key: dict, build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         bundle, _ = self.cache.get_or_build(f"artifact-{kind}", {"key": key, "bench": __version__}, build, self.log)
         return bundle
+
+
+def _fit_request(ctx: CellContext, r: dict) -> dict:
+    """Resolve a fit_many request into a picklable spec and its release cache payload."""
+    cls = registry.get_defense(r["defense"])
+    cfg = config_dict(make_config(cls.Config, r.get("config") or {}, f"defenses.{r['defense']}"))
+    spec = {"defense": r["defense"], "config": cfg, "member_rows": [int(i) for i in r["member_rows"]],
+            "tag": str(r["tag"]), "epsilon": ctx.epsilon if r.get("epsilon") is None else r["epsilon"],
+            "seed": ctx.seed if r.get("seed") is None else int(r["seed"]),
+            "base": {"dataset": ctx.task.dataset, "protocol": ctx.task.info["protocol"], "seed": ctx.task.seed},
+            "delta": ctx.delta, "dataset_config": ctx.dataset_config}
+    task = ctx.task.derive(spec["member_rows"], spec["tag"])
+    return {"spec": spec, "payload": release_payload(cls, cfg, task, spec["epsilon"], ctx.delta, spec["seed"])}
+
+
+def _fit_job(job: tuple[dict, Env]) -> str:
+    spec, env = job
+    tasks: dict = {}
+    base = get_task(spec["base"]["dataset"], spec["base"]["protocol"], spec["base"]["seed"], env.data_root, tasks)
+    task = base.derive(spec["member_rows"], spec["tag"])
+    ctx = CellContext(env, Cache(env.cache_dir), task, spec["epsilon"], spec["delta"], spec["seed"], [],
+                      spec["dataset_config"], tasks)
+    _, _, key = fit_release(ctx, registry.get_defense(spec["defense"]), spec["config"], task, spec["epsilon"],
+                            spec["delta"], spec["seed"])
+    return key
 
 
 def get_task(dataset: str, protocol: dict, seed: int, root: str, memo: dict) -> Task:
@@ -121,19 +170,22 @@ def get_task(dataset: str, protocol: dict, seed: int, root: str, memo: dict) -> 
     return memo[k]
 
 
+def release_payload(cls: type, cfg: dict, task: Task, epsilon: float, delta: float, seed: int) -> dict:
+    private = cls.privacy_unit != "none"
+    return {"kind": "release", "defense": cls.name, "config": cfg, "epsilon": _eps_key(epsilon) if private else "inf",
+            "delta": delta if private else None, "task": task.fingerprint, "seed": seed, "code": code_version(cls)}
+
+
 def fit_release(ctx: CellContext, cls: type, cfg: dict, task: Task, epsilon: float, delta: float,
                 seed: int) -> tuple[Release, dict, str]:
     """Fit (or load from the cache) defense ``cls`` with ``cfg`` on ``task``; returns the release,
     its utility metrics (measured on val and test by the runner, never by the defense) and its key."""
-    payload = {"kind": "release", "defense": cls.name, "config": cfg,
-               "epsilon": _eps_key(epsilon) if cls.privacy_unit != "none" else "inf",
-               "delta": delta if cls.privacy_unit != "none" else None, "task": task.fingerprint, "seed": seed,
-               "code": code_version(cls)}
+    payload = release_payload(cls, cfg, task, epsilon, delta, seed)
 
     def build():
         seed_everything(seed)
         sub = CellContext(ctx.env, ctx.cache, task, epsilon, delta, seed, ctx._logs, ctx.dataset_config,
-                          ctx._tasks)
+                          ctx._tasks, cls.name, cfg)
         t0 = time.time()
         rel = cls(make_config(cls.Config, cfg, f"defenses.{cls.name}")).fit(sub)
         fit_time = time.time() - t0
@@ -176,7 +228,8 @@ def execute_cell(job: tuple[dict, Env]) -> dict:
         tasks: dict = {}
         dcfg = {"protocol": cell["protocol"], "inversion": cell["inversion"]}
         task = get_task(cell["dataset"], cell["protocol"], cell["seed"], env.data_root, tasks)
-        ctx = CellContext(env, cache, task, cell["epsilon"], cell["delta"], cell["seed"], logs, dcfg, tasks)
+        ctx = CellContext(env, cache, task, cell["epsilon"], cell["delta"], cell["seed"], logs, dcfg, tasks,
+                          cell["defense"], cell["defense_config"])
         dcls = registry.get_defense(cell["defense"])
         rel, utility, rkey = fit_release(ctx, dcls, cell["defense_config"], task, cell["epsilon"], cell["delta"],
                                          cell["seed"])
@@ -199,7 +252,8 @@ def execute_cell(job: tuple[dict, Env]) -> dict:
                     metrics += [("inversion-target", k, v) for k, v in inv_util.items()]
                     artifacts.append(("inversion-release", "release", ikey, str(cache.path("release", ikey))))
                 target, tkey, atask = inv_rel, ikey, itask
-            actx = CellContext(env, cache, atask, cell["epsilon"], cell["delta"], cell["seed"], logs, dcfg, tasks)
+            actx = CellContext(env, cache, atask, cell["epsilon"], cell["delta"], cell["seed"], logs, dcfg, tasks,
+                               cell["defense"], cell["defense_config"])
             payload = {"kind": "attack", "attack": aname, "config": acfg, "release": tkey, "task": atask.fingerprint,
                        "seed": cell["seed"], "code": code_version(acls)}
 
@@ -269,11 +323,13 @@ def run_suite(suite: Suite, out: str | Path, *, jobs: int = 1, device: str = "cp
             todo.append(c)
     if progress is None:
         progress = sys.stderr.isatty() or bool(os.environ.get("BENCH_PROGRESS"))
+    # Parallelism: across cells when there are enough of them, else inside cells (reference models).
+    cell_jobs = jobs if len(todo) >= jobs else 1
     env = Env(str(out), str(Path(cache_dir) if cache_dir else cache_root() / "artifacts"), root, device, run_id,
-              progress=progress and jobs <= 1)
+              progress=progress and cell_jobs <= 1, inner_jobs=1 if cell_jobs > 1 else jobs)
     echo(f"suite '{suite.name}': {len(cells)} cells, {skipped} already done, {len(todo)} to run "
          f"(out: {out}, jobs: {jobs}, device: {device})")
-    executor = make_executor(jobs)
+    executor = make_executor(cell_jobs)
     failed = done = 0
     bar = tqdm(total=len(todo), desc=f"suite {suite.name}", disable=not progress, dynamic_ncols=True)
     t0 = time.time()

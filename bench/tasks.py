@@ -89,6 +89,27 @@ class Task:
         """Hash of the exact rows in every split: part of every cache key."""
         return self.info["fingerprint"]
 
+    def candidate_pool(self) -> Split:
+        """members + non-member pool, concatenated (rows keep their dataset indices)."""
+        return Split(torch.cat([self.members.x, self.nonmembers.x]), torch.cat([self.members.y, self.nonmembers.y]),
+                     np.concatenate([self.members.index, self.nonmembers.index]))
+
+    def derive(self, member_rows, tag: str) -> Task:
+        """The same task with another member set, drawn from :meth:`candidate_pool` by dataset row
+        index (e.g. the random halves reference/shadow models train on). Validation, test and the
+        non-member pool are unchanged; the fingerprint covers the new rows and the tag."""
+        pool = self.candidate_pool()
+        pos = {int(r): i for i, r in enumerate(pool.index)}
+        rows = np.sort(np.asarray(member_rows, dtype=np.int64))
+        try:
+            sel = np.array([pos[int(r)] for r in rows], dtype=np.int64)
+        except KeyError as e:
+            raise ValueError(f"row {e} is not in the task's candidate pool") from None
+        h = hashlib.sha256(f"{self.fingerprint}|{tag}|".encode() + rows.tobytes()).hexdigest()[:16]
+        info = {**self.info, "fingerprint": h, "derived_from": self.fingerprint, "derived_tag": tag,
+                "sizes": {**self.info["sizes"], "members": int(len(rows))}}
+        return dataclasses.replace(self, members=pool.subset(sel), info=info)
+
 
 def _resize(x: np.ndarray, size: Optional[int]) -> torch.Tensor:
     t = torch.from_numpy(np.ascontiguousarray(x))
