@@ -7,6 +7,9 @@ Poisson loader) spends exactly the target epsilon at the suite's delta under the
 accountant (PRV by default, RDP or GDP optional). The epsilon reported is the one the training
 accountant actually recorded. Privacy unit: one training example (add/remove neighbours).
 
+At epsilon = inf (a grid's no-privacy column) it trains with clipping and sigma = 0 and reports
+epsilon = inf: the cost of clipping alone.
+
 Model selection: the last iterate is released (no selection on any split, so no extra privacy
 cost); validation accuracy is recorded per epoch for the curves. Defaults (tanh CNN, SGD with
 momentum, C = 0.1) follow Papernot et al. (2021) / Tramer & Boneh (ICLR 2021); they were fixed
@@ -20,7 +23,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from bench.api import Defense, PrivacyReport, Release
@@ -41,12 +43,49 @@ class DPSGDConfig:
     optimizer: Literal["sgd", "adam"] = "sgd"
     max_grad_norm: float = 0.1
     accountant: Literal["prv", "rdp", "gdp"] = "prv"
-    #: Opacus per-sample gradient engine
-    grad_sample_mode: Literal["hooks", "functorch", "ew"] = "hooks"
+    #: Opacus per-sample clipping engine: "ghost" (fast gradient / ghost clipping, Li et al. 2022;
+    #: same DP-SGD update without materialising per-sample gradients), "hooks", "functorch", "ew"
+    grad_sample_mode: Literal["ghost", "hooks", "functorch", "ew"] = "ghost"
 
     def validate(self):
         if self.epochs <= 0 or self.batch_size <= 0 or self.max_grad_norm <= 0 or self.lr <= 0:
             raise BenchError("dpsgd: epochs, batch_size, lr and max_grad_norm must be positive")
+
+
+def make_private_training(model, optimizer, loader, sigma: float, max_grad_norm: float, accountant: str,
+                          grad_sample_mode: str, noise_seed: int, device):
+    """Wrap model/optimizer/loader with Opacus (Poisson sampling). Returns
+    ``(model, optimizer, criterion, loader, engine)``; ``criterion`` is Opacus' wrapped loss in
+    ghost-clipping mode and plain cross-entropy otherwise."""
+    from opacus import PrivacyEngine
+
+    engine = PrivacyEngine(accountant=accountant)
+    criterion = torch.nn.CrossEntropyLoss()
+    common = dict(module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=sigma,
+                  max_grad_norm=max_grad_norm, poisson_sampling=True, grad_sample_mode=grad_sample_mode,
+                  noise_generator=torch.Generator(device=device).manual_seed(noise_seed))
+    if grad_sample_mode == "ghost":
+        model, optimizer, criterion, loader = engine.make_private(criterion=criterion, **common)
+    else:
+        model, optimizer, loader = engine.make_private(**common)
+    return model, optimizer, criterion, loader, engine
+
+
+def train_epoch(model, optimizer, criterion, loader, device) -> float:
+    """One pass over ``loader``; returns the mean training loss."""
+    model.train()
+    total, count = 0.0, 0
+    for xb, yb in loader:
+        if len(yb) == 0:  # Poisson sampling can draw an empty batch
+            continue
+        xb, yb = xb.to(device), yb.to(device)
+        optimizer.zero_grad(set_to_none=True)
+        loss = criterion(model(xb), yb)
+        loss.backward()
+        optimizer.step()
+        total += float(loss.detach()) * len(yb)
+        count += len(yb)
+    return total / max(count, 1)
 
 
 @register_defense("dpsgd")
@@ -58,11 +97,7 @@ class DPSGD(Defense):
     paper = "Abadi et al., Deep Learning with Differential Privacy, CCS 2016"
 
     def fit(self, ctx) -> Release:
-        from opacus import PrivacyEngine
-
         c = self.config
-        if math.isinf(ctx.epsilon):
-            raise BenchError("dpsgd needs a finite epsilon")
         gen = seed_everything(ctx.seed)
         spec = spec_for(ctx.task, c.arch)
         model = build_model(spec).to(ctx.device)
@@ -73,33 +108,21 @@ class DPSGD(Defense):
         opt = make_optimizer(model.parameters(), c.optimizer, c.lr, momentum=c.momentum)
         sample_rate = 1.0 / len(loader)
         steps = c.epochs * len(loader)
-        sigma = dpsgd_noise_multiplier(ctx.epsilon, ctx.delta, sample_rate, steps, c.accountant)
-        engine = PrivacyEngine(accountant=c.accountant)
-        model, opt, private_loader = engine.make_private(
-            module=model, optimizer=opt, data_loader=loader, noise_multiplier=sigma, max_grad_norm=c.max_grad_norm,
-            poisson_sampling=True, noise_generator=torch.Generator(device=ctx.device).manual_seed(ctx.seed + 7),
-            grad_sample_mode=c.grad_sample_mode)
+        # epsilon = inf (the "no privacy" column of a grid): clipping without noise, nothing accounted
+        private = not math.isinf(ctx.epsilon)
+        sigma = dpsgd_noise_multiplier(ctx.epsilon, ctx.delta, sample_rate, steps, c.accountant) if private else 0.0
+        model, opt, criterion, private_loader, engine = make_private_training(
+            model, opt, loader, sigma, c.max_grad_norm, c.accountant, c.grad_sample_mode, ctx.seed + 7, ctx.device)
         history = {"val_acc": [], "epsilon": [], "train_loss": []}
         for _ in ctx.progress(range(c.epochs), desc="dpsgd epochs"):
-            model.train()
-            total, count = 0.0, 0
-            for xb, yb in private_loader:
-                if len(yb) == 0:  # Poisson sampling can draw an empty batch
-                    continue
-                xb, yb = xb.to(ctx.device), yb.to(ctx.device)
-                opt.zero_grad(set_to_none=True)
-                loss = F.cross_entropy(model(xb), yb)
-                loss.backward()
-                opt.step()
-                total += float(loss.detach()) * len(yb)
-                count += len(yb)
-            history["train_loss"].append(total / max(count, 1))
+            history["train_loss"].append(train_epoch(model, opt, criterion, private_loader, ctx.device))
             history["val_acc"].append(accuracy(model, ctx.task.val, ctx.device))
-            history["epsilon"].append(float(engine.accountant.get_epsilon(ctx.delta)))
-        spent = float(engine.accountant.get_epsilon(ctx.delta))
+            history["epsilon"].append(float(engine.accountant.get_epsilon(ctx.delta)) if private else math.inf)
+        spent = float(engine.accountant.get_epsilon(ctx.delta)) if private else math.inf
         plain = build_model(spec)
         plain.load_state_dict(model._module.state_dict())
-        privacy = PrivacyReport(spent, ctx.delta, "example", c.accountant.upper() + " (Opacus)",
+        privacy = PrivacyReport(spent, ctx.delta, "example",
+                                c.accountant.upper() + " (Opacus)" if private else "none (sigma = 0)",
                                 "Poisson-subsampled Gaussian (DP-SGD)",
                                 {"noise_multiplier": sigma, "sample_rate": sample_rate, "steps": steps,
                                  "max_grad_norm": c.max_grad_norm, "target_epsilon": ctx.epsilon,
