@@ -207,7 +207,7 @@ def cell_key(cell: dict) -> str:
 
 
 def _fmt_eps(eps: Optional[float]) -> str:
-    return "inf" if eps is None or math.isinf(eps) else f"{eps:g}"
+    return "inf" if eps is None or math.isinf(eps) else f"{eps:.3g}"
 
 
 def execute_cell(job: tuple[dict, Env]) -> dict:
