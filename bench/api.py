@@ -17,8 +17,9 @@ runner decides (content-addressed cache, SQLite store, executors).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Optional, Protocol
+from typing import Any, ClassVar, Optional, Protocol
 
 import numpy as np
 import torch

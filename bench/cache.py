@@ -21,8 +21,9 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -113,9 +114,13 @@ class Cache:
         manifest = path / "manifest.json"
         if not manifest.exists():
             raise CorruptEntry("manifest missing")
-        with open(manifest) as f:
-            files = json.load(f)["files"]
-        for name, sha in files.items():
+        try:
+            with open(manifest) as f:
+                files = json.load(f)["files"]
+            items = list(files.items())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise CorruptEntry(f"unreadable manifest ({type(e).__name__})") from e
+        for name, sha in items:
             p = path / name
             if not p.exists() or _sha(p) != sha:
                 raise CorruptEntry(f"{name} does not match its recorded SHA-256")

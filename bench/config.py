@@ -42,6 +42,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             except BenchError as e:  # try the next member of the union
                 errors.append(str(e))
         raise BenchError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if tp in (list, tuple, dict):
+        origin = tp
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise BenchError(f"{where}: expected a list, got {value!r}")

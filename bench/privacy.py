@@ -3,6 +3,7 @@ Opacus lacks the mechanism). Nothing here computes an epsilon by hand."""
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 ACCOUNTANTS = ("prv", "rdp", "gdp")
@@ -16,9 +17,11 @@ def make_accountant(name: str):
     return create_accountant(mechanism=name)
 
 
+@functools.lru_cache(maxsize=256)
 def dpsgd_noise_multiplier(target_epsilon: float, delta: float, sample_rate: float, steps: int,
                            accountant: str = "prv") -> float:
-    """Opacus' binary search for the sigma that spends ``target_epsilon`` in ``steps`` steps."""
+    """Opacus' binary search for the sigma that spends ``target_epsilon`` in ``steps`` steps
+    (memoised: reference models of one configuration share the calibration)."""
     from opacus.accountants.utils import get_noise_multiplier
 
     with warnings.catch_warnings():  # Opacus' RDP bound inside the PRV domain search is chatty

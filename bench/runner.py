@@ -6,7 +6,10 @@ attack (cached result) -> one transaction into the store.
 
 from __future__ import annotations
 
+import ast
+import functools
 import hashlib
+import importlib.util
 import inspect
 import math
 import os
@@ -14,9 +17,10 @@ import sys
 import time
 import traceback
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 from tqdm.auto import tqdm
@@ -35,7 +39,13 @@ from .tasks import Task, build_task
 from .train import accuracy, seed_everything
 
 _SOURCE_HASHES: dict[str, str] = {}
-_CORE_FILES = ("models.py", "train.py", "tasks.py", "privacy.py")
+_PROJECT_PACKAGES = ("bench", "attacks", "defenses", "reports")
+#: harness plumbing that cannot change a number: never part of a method's code version
+_PLUMBING = {"bench", "bench.api", "bench.registry", "bench.config", "bench.errors", "bench.cache", "bench.store",
+             "bench.runner", "bench.cli", "bench.suite", "bench.executors", "bench.release_io", "bench.__main__"}
+#: always part of every code version: how data is loaded and cut
+_ALWAYS = ("bench.tasks", "bench.datasets.base", "bench.datasets.mnist", "bench.datasets.fashion_mnist",
+           "bench.datasets.digits", "bench.datasets.cifar10")
 
 
 def _file_hash(path: str) -> str:
@@ -48,12 +58,51 @@ def _file_hash(path: str) -> str:
     return _SOURCE_HASHES[path]
 
 
+def _module_file(name: str) -> Optional[str]:
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, AttributeError, ValueError):  # "pkg.module.Name": a name, not a module
+        return None
+    return spec.origin if spec and spec.origin and spec.origin.endswith(".py") else None
+
+
+@functools.cache
+def _project_imports(module: str) -> frozenset:
+    """Project modules ``module`` imports, transitively (plumbing excluded), found with ``ast``."""
+    path = _module_file(module)
+    if path is None:
+        return frozenset()
+    tree = ast.parse(open(path).read())
+    package = module if path.endswith("__init__.py") else module.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(tree):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[:len(parts) - node.level + 1] + ([base] if base else []))
+            names = [base] + [f"{base}.{a.name}" for a in node.names]
+        for n in names:
+            if n.split(".")[0] in _PROJECT_PACKAGES and n not in _PLUMBING and _module_file(n):
+                found.add(n)
+    out = set(found)
+    for n in found:
+        if n != module:
+            out |= _project_imports(n)
+    return frozenset(out - {module})
+
+
 def code_version(cls: type) -> dict:
-    """What code a cached result depends on: the method's own source file, the shared numerical
-    modules, and the package version. Editing a method invalidates exactly its results."""
-    here = Path(__file__).parent
+    """What code a cached result depends on: the method's own source file, every project module
+    it imports (shared helpers such as ``defenses/_distill.py``, ``bench/models.py``,
+    ``bench/metrics.py``; harness plumbing excluded), the data modules, and the package version.
+    Editing a method or one of its helpers invalidates exactly the results that used it."""
+    deps = sorted(_project_imports(cls.__module__) | set(_ALWAYS))
     return {"bench": __version__, "method": _file_hash(inspect.getsourcefile(cls)),
-            "core": digest({f: _file_hash(str(here / f)) for f in _CORE_FILES})[:16]}
+            "deps": digest({d: _file_hash(_module_file(d) or d) for d in deps})[:16]}
 
 
 def _eps_key(eps: float):
@@ -306,10 +355,13 @@ def run_suite(suite: Suite, out: str | Path, *, jobs: int = 1, device: str = "cp
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise BenchError("--device cuda was asked for but torch.cuda.is_available() is False")
     root = str(Path(data_dir) if data_dir else data_root())
-    for ds in suite.datasets:  # pre-flight: missing data is a user error, before anything is written
-        from .tasks import _load_raw
-
-        _load_raw(ds, root)
+    # pre-flight: missing data or impossible split sizes are user errors, found before anything is written
+    needs_inversion = any(registry.get_attack(a).kind == "inversion" for a in suite.attacks)
+    for ds, dcfg in suite.datasets.items():
+        for seed in suite.seeds:
+            build_task(ds, dcfg["protocol"], seed, root)
+            if needs_inversion:
+                build_task(ds, dcfg["inversion"], seed, root)
     cells = suite.cells()
     out = Path(out)
     store = Store(out)

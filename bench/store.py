@@ -19,9 +19,12 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
+
+from .errors import BenchError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -88,8 +91,13 @@ class Store:
     def __init__(self, run_dir: str | Path, create: bool = True):
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / DB_NAME
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise BenchError(f"run directory {self.run_dir} exists and is not a directory")
         if create:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise BenchError(f"cannot create run directory {self.run_dir}: {e.strerror or e}") from None
         self._conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
         self._conn.row_factory = sqlite3.Row
         self._conn.execute("PRAGMA journal_mode=WAL")

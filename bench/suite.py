@@ -132,7 +132,7 @@ def parse_suite(name: str, data: dict) -> Suite:
         raise BenchError(f"suite '{name}': unknown key '{unknown[0]}'{suggest(unknown[0], TOP_KEYS)}; "
                          f"valid keys: {', '.join(sorted(TOP_KEYS))}")
     for k in ("datasets", "defenses", "seeds"):
-        if not data.get(k):
+        if data.get(k) is None or data.get(k) in ([], {}, ""):
             raise BenchError(f"suite '{name}': '{k}' is required and must not be empty")
     # datasets
     raw_ds = data["datasets"]
@@ -146,6 +146,12 @@ def parse_suite(name: str, data: dict) -> Suite:
     for ds, cfg in raw_ds.items():
         registry.get_dataset(ds)
         cfg = cfg or {}
+        if not isinstance(cfg, dict):
+            raise BenchError(f"suite '{name}': datasets.{ds} must be a mapping with keys protocol/inversion, "
+                             f"got {cfg!r}")
+        for part in ("protocol", "inversion"):
+            if cfg.get(part) is not None and not isinstance(cfg[part], dict):
+                raise BenchError(f"suite '{name}': datasets.{ds}.{part} must be a mapping, got {cfg[part]!r}")
         bad = [k for k in cfg if k not in ("protocol", "inversion")]
         if bad:
             raise BenchError(f"suite '{name}': datasets.{ds}: unknown key '{bad[0]}'; valid keys: inversion, protocol")
@@ -168,8 +174,12 @@ def parse_suite(name: str, data: dict) -> Suite:
     if not (0 < delta < 1) or math.isnan(delta):
         raise BenchError(f"suite '{name}': delta must be in (0, 1), got {data.get('delta')!r}")
     seeds = data["seeds"] if isinstance(data["seeds"], list) else [data["seeds"]]
-    if any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
-        raise BenchError(f"suite '{name}': seeds must be integers, got {seeds!r}")
+    if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
+        raise BenchError(f"suite '{name}': seeds must be integers >= 0, got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise BenchError(f"suite '{name}': seeds must be distinct, got {seeds!r}")
+    if len(set(epsilons)) != len(epsilons):
+        raise BenchError(f"suite '{name}': epsilons must be distinct, got {eps_raw!r}")
 
     def methods(key: str, getter) -> dict[str, dict]:
         raw = data.get(key) or {}

@@ -9,6 +9,7 @@ more than the accuracy tolerance, or when a baseline row is missing from the run
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from bench.errors import BenchError
@@ -35,6 +36,28 @@ def _means(run_dir) -> dict:
     return out
 
 
+def load_baseline(path) -> dict:
+    """Read and validate a baseline file: {"rows": {row: {metric: {"value": float, "worse": ...}}}}."""
+    bad = BenchError(f"baseline file {path} is not a bench baseline (expected JSON "
+                     "{\"rows\": {row: {metric: {\"value\": number, \"worse\": \"higher\"|\"lower\"}}}})")
+    try:
+        rows = json.loads(Path(path).read_text())["rows"]
+    except FileNotFoundError:
+        raise BenchError(f"baseline file not found: {path} (create it with --write-baseline)") from None
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        raise bad from None
+    if not isinstance(rows, dict):
+        raise bad
+    for metrics in rows.values():
+        if not isinstance(metrics, dict):
+            raise bad
+        for m in metrics.values():
+            if (not isinstance(m, dict) or m.get("worse") not in ("higher", "lower")
+                    or isinstance(m.get("value"), bool) or not isinstance(m.get("value"), (int, float))):
+                raise bad
+    return rows
+
+
 def write_baseline(run_dir, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -43,14 +66,9 @@ def write_baseline(run_dir, path) -> Path:
 
 
 def check_run(run_dir, baseline, leakage_tolerance: float = 0.05, accuracy_tolerance: float = 0.02):
-    try:
-        base = json.loads(Path(baseline).read_text())["rows"]
-    except FileNotFoundError:
-        raise BenchError(f"baseline file not found: {baseline} (create it with --write-baseline)") from None
-    except (json.JSONDecodeError, KeyError, TypeError):
-        raise BenchError(f"baseline file {baseline} is not a bench baseline (expected JSON with 'rows')") from None
-    if leakage_tolerance < 0 or accuracy_tolerance < 0:
-        raise BenchError("tolerances must be >= 0")
+    base = load_baseline(baseline)
+    if not all(math.isfinite(t) and t >= 0 for t in (leakage_tolerance, accuracy_tolerance)):
+        raise BenchError("tolerances must be >= 0 and finite")
     cur = _means(run_dir)
     ok, lines = True, []
     for row, metrics in sorted(base.items()):

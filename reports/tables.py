@@ -18,7 +18,14 @@ MAIN_COLUMNS = [
     ("utility", "val_acc", "val acc", False),
     ("loss-threshold", "auc", "LT AUC", True),
     ("loss-threshold", "tpr_at_1%fpr", "LT TPR@1%FPR", True),
+    ("lira", "auc", "LiRA AUC", True),
+    ("lira", "tpr_at_1%fpr", "LiRA TPR@1%FPR", True),
+    ("rmia", "auc", "RMIA AUC", True),
+    ("rmia", "tpr_at_1%fpr", "RMIA TPR@1%FPR", True),
+    ("rmia", "eps_lb", "RMIA ε̂ (95 %)", True),
 ]
+#: per-attack diagnostics left out of the summary table (they stay in summary.csv)
+_HIDDEN_SUFFIXES = ("_ci_lo", "_ci_hi", "n_members", "n_nonmembers", "_seconds", "n_references")
 
 
 def open_run(run_dir: str | Path) -> Store:
@@ -91,7 +98,7 @@ def display_table(summary: pd.DataFrame) -> pd.DataFrame:
     metric_cols = [c for c in summary.columns if isinstance(c, tuple)]
     ordered = [(s, n) for s, n, _, _ in MAIN_COLUMNS if (s, n) in metric_cols]
     ordered += sorted(c for c in metric_cols if c not in ordered and c[0] not in ("privacy",)
-                      and c[1] not in ("fit_seconds", "n_members", "n_nonmembers"))
+                      and not c[1].endswith(_HIDDEN_SUFFIXES) and c[1] != "fit_seconds")
     for s, n in ordered:
         label = next((lab for ss, nn, lab, _ in MAIN_COLUMNS if (ss, nn) == (s, n)), f"{s}: {n}")
         pct = n.endswith("acc") and s in ("utility", "inversion-target")
@@ -120,6 +127,9 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> list[Pat
     paths.append(csv)
     tex = out / "summary.tex"
     tex.write_text(disp.to_latex(index=False, escape=True, column_format="l" * len(disp.columns))
-                   .replace("\\toprule", "\\toprule").replace("±", "$\\pm$"))
+                   .replace("±", "$\\pm$"))
     paths.append(tex)
+    from .roc import plot_run
+
+    paths += plot_run(run_dir, out / "roc")
     return paths

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from bench.cache import Cache
 from bench.config import make_config
 from bench.privacy import dpsgd_epsilon
 from bench.runner import CellContext, Env
-from bench.cache import Cache
 from bench.tasks import build_task
 from defenses.dpsgd import DPSGD, DPSGDConfig
 

@@ -1,0 +1,1 @@
+"""privacy-bench test plugin: importing a submodule registers its method."""
