@@ -489,8 +489,13 @@ def test_report_writes_md_csv_tex_with_mean_and_std(cli, finished_run, tmp_path)
     code, o, e = cli("report", finished_run["out"], "--out", out)
     assert code == 0, e
     paths = [Path(p) for p in o.split()]
-    assert sorted(p.name for p in paths) == ["summary.csv", "summary.md", "summary.tex"]
-    assert all(p.parent == out and p.stat().st_size > 0 for p in paths)
+    tables = [p for p in paths if p.parent == out]
+    plots = [p for p in paths if p.parent != out]
+    assert sorted(p.name for p in tables) == ["summary.csv", "summary.md", "summary.tex"]
+    # one ROC figure (linear + log-log panels) per finished cell with a membership attack
+    assert len(plots) == len(store_rows(finished_run["out"], "SELECT cell_key FROM cells WHERE status='done'"))
+    assert all(p.parent == out / "roc" and p.suffix == ".png" for p in plots)
+    assert all(p.stat().st_size > 0 for p in paths)
     acc = {}
     for r in store_rows(finished_run["out"], "SELECT c.defense, m.value FROM metrics m JOIN cells c "
                                              "USING (cell_key) WHERE m.name='test_acc'"):
