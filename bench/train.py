@@ -52,12 +52,20 @@ def make_optimizer(params, name: str, lr: float, momentum: float = 0.9, weight_d
 def fit_classifier(model: nn.Module, train: Split, val: Split, *, epochs: int, lr: float, batch_size: int,
                    optimizer: str = "adam", weight_decay: float = 0.0, device="cpu",
                    generator: Optional[torch.Generator] = None, progress: Callable = lambda it, **k: it,
-                   select_on_val: bool = True) -> tuple[nn.Module, dict]:
+                   select_on_val: bool = True, lr_schedule: str = "constant") -> tuple[nn.Module, dict]:
     """Minibatch cross-entropy training; keeps the epoch with the best **validation** accuracy
-    (or the last one with ``select_on_val=False``). Returns the model and its history."""
+    (or the last one with ``select_on_val=False``). ``lr_schedule``: ``constant`` or ``cosine``
+    (per-step cosine decay to 0 over all epochs). Returns the model and its history."""
     model.to(device)
     opt = make_optimizer(model.parameters(), optimizer, lr, weight_decay=weight_decay)
     n = len(train)
+    steps_per_epoch = -(-n // batch_size)
+    if lr_schedule == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * steps_per_epoch))
+    elif lr_schedule == "constant":
+        sched = None
+    else:
+        raise ValueError(f"unknown lr_schedule {lr_schedule!r}")
     history = {"train_loss": [], "val_acc": []}
     best = (-1.0, None, -1)
     for epoch in progress(range(epochs), desc="epochs", leave=False):
@@ -71,6 +79,8 @@ def fit_classifier(model: nn.Module, train: Split, val: Split, *, epochs: int, l
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if sched is not None:
+                sched.step()
             total += float(loss.detach()) * len(idx)
         va = accuracy(model, val, device)
         history["train_loss"].append(total / n)

@@ -1,0 +1,508 @@
+"""Shared pieces of the data-free DP distillation defenses (``dpsd``, ``dpdfd``).
+
+One implementation of every building block, used by both defenses:
+
+* architectures (registered, so releases rebuild from their JSON spec):
+  ``dafl-generator`` (DAFL generator, Chen et al. ICCV 2019, output mapped to [0, 1]) and
+  ``student-cnn`` (the "three-layer CNN" student: conv-conv-linear);
+* the DAFL generator losses (one-hot, information entropy, activation), evaluated on the
+  **student** only;
+* decoupled knowledge distillation (DKD, Zhao et al. CVPR 2022) and plain KL distillation, as
+  per-sample losses whose gradient w.r.t. the student's logits is what gets privatized;
+* the two private annotation mechanisms: :class:`GaussianAnnotator` (per-sample gradient w.r.t.
+  the student's logits -> top-k from student-side information -> per-sample normalization to C
+  -> Gaussian noise -> detached regression target) and :class:`RRAnnotator` (randomized response
+  with the student's prediction as prior, RRWithPrior of Ghazi et al. NeurIPS 2021);
+* the privacy ledgers on top of Google's ``dp_accounting`` (PLD / RDP accountants);
+* :func:`transcribe`, the alternating generator / teacher / student loop.
+
+The only place a teacher output is used is the ``annotate`` call of :func:`transcribe`: the
+teacher's logits go into the mechanism and are dropped; nothing else of the teacher reaches the
+student or the generator (``tests/test_dpsd.py`` checks this by swapping teachers).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bench.models import Classifier, _flat_dim, register_arch
+from bench.train import accuracy
+
+# ---------------------------------------------------------------------------------------------
+# architectures
+
+
+@register_arch("dafl-generator")
+class DAFLGenerator(nn.Module):
+    """DAFL generator (Chen et al., ICCV 2019): Linear(latent -> w*(s/4)^2) -> BN -> Up x2 ->
+    Conv3x3(w, w) BN(eps 0.8) LeakyReLU(0.2) -> Up x2 -> Conv3x3(w, w/2) BN(eps 0.8) LeakyReLU(0.2)
+    -> Conv3x3(w/2, C) -> tanh.
+
+    Deviation from DAFL: DAFL ends with ``BatchNorm2d(C, affine=False)`` after the tanh (its
+    teachers take standardized inputs); our teachers are trained on images in [0, 1], so the tanh
+    output is mapped affinely to [0, 1] with ``(tanh + 1) / 2`` instead. Sides not divisible by 4
+    are produced at ``4 * ceil(s / 4)`` and bilinearly resized to ``s``."""
+
+    def __init__(self, in_channels=1, image_size=28, num_classes=10, latent_dim=100, width=128):
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.image_size = image_size
+        self.init_size = max(1, math.ceil(image_size / 4))
+        self.l1 = nn.Linear(latent_dim, width * self.init_size ** 2)
+        self.width = width
+        self.bn0 = nn.BatchNorm2d(width)
+        self.blocks = nn.Sequential(
+            nn.Upsample(scale_factor=2),
+            nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width, eps=0.8), nn.LeakyReLU(0.2),
+            nn.Upsample(scale_factor=2),
+            nn.Conv2d(width, width // 2, 3, padding=1), nn.BatchNorm2d(width // 2, eps=0.8), nn.LeakyReLU(0.2),
+            nn.Conv2d(width // 2, in_channels, 3, padding=1), nn.Tanh(),
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.l1(z).view(z.shape[0], self.width, self.init_size, self.init_size)
+        x = self.blocks(self.bn0(h))
+        if x.shape[-1] != self.image_size:
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        return (x + 1) / 2
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: Optional[torch.Generator] = None, device="cpu") -> torch.Tensor:
+        """``n`` synthetic images in [0, 1] (the released generator's downstream use)."""
+        z = torch.randn(n, self.latent_dim, generator=generator).to(device)
+        return self(z)
+
+
+@register_arch("student-cnn")
+class StudentCNN(Classifier):
+    """The "three-layer CNN" student: Conv(w, 3x3) ReLU MaxPool2 -> Conv(2w, 3x3) ReLU MaxPool2 ->
+    Linear(K). No BatchNorm (the student is trained on synthetic batches and evaluated on real
+    data; batch statistics of synthetic data would not transfer) and no dropout. ``penultimate``
+    is the flattened conv feature map (the DAFL activation loss uses it)."""
+
+    def __init__(self, in_channels=1, image_size=28, num_classes=10, width=32):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        )
+        d = _flat_dim(self.features, in_channels, image_size)
+        self.head = nn.Sequential(nn.Linear(d, num_classes))
+
+    def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = torch.flatten(self.features(x), 1)
+        return self.head(f), f
+
+
+def logits_and_features(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if hasattr(model, "forward_with_features"):
+        return model.forward_with_features(x)
+    return model(x), model.penultimate(x)
+
+
+# ---------------------------------------------------------------------------------------------
+# losses
+
+
+def dafl_losses(logits: torch.Tensor, features: torch.Tensor) -> dict[str, torch.Tensor]:
+    """DAFL's generator losses on the discriminating network's (here: the student's) outputs:
+    ``oh`` = CE(logits, argmax logits) (one-hot), ``ie`` = sum_c pbar_c log pbar_c with pbar the
+    batch-mean softmax (minus the entropy: minimizing it balances the classes), ``a`` = -mean |f|
+    (activation L1 norm of the penultimate features)."""
+    oh = F.cross_entropy(logits, logits.argmax(1))
+    pbar = F.softmax(logits, 1).mean(0)
+    ie = (pbar * torch.log(pbar + 1e-12)).sum()
+    a = -features.abs().mean()
+    return {"oh": oh, "ie": ie, "a": a}
+
+
+def kl_per_sample(s: torch.Tensor, t: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """KL(softmax(t/T) || softmax(s/T)) * T^2 for each row."""
+    T = temperature
+    pt = F.softmax(t / T, 1)
+    return (pt * (F.log_softmax(t / T, 1) - F.log_softmax(s / T, 1))).sum(1) * T * T
+
+
+def dkd_per_sample(s: torch.Tensor, t: torch.Tensor, target: torch.Tensor, alpha: float = 1.0,
+                   beta: float = 8.0, temperature: float = 4.0) -> torch.Tensor:
+    """Decoupled KD (Zhao et al., CVPR 2022), per row: alpha * TCKD + beta * NCKD, both scaled by
+    T^2. TCKD is the KL between the binary (target / non-target) distributions, NCKD the KL
+    between the distributions over the non-target classes. ``target`` is the class treated as
+    ground truth (here the teacher's argmax, inside the private mechanism)."""
+    T = temperature
+    gt = F.one_hot(target, s.shape[1]).to(s.dtype)
+    ps, pt = F.softmax(s / T, 1), F.softmax(t / T, 1)
+    bs = torch.stack([(ps * gt).sum(1), (ps * (1 - gt)).sum(1)], 1).clamp_min(1e-12)
+    bt = torch.stack([(pt * gt).sum(1), (pt * (1 - gt)).sum(1)], 1).clamp_min(1e-12)
+    tckd = (bt * (bt.log() - bs.log())).sum(1) * T * T
+    log_ps_nt = F.log_softmax(s / T - 1000.0 * gt, 1)
+    pt_nt = F.softmax(t / T - 1000.0 * gt, 1)
+    nckd = (pt_nt * (torch.log(pt_nt + 1e-12) - log_ps_nt)).sum(1) * T * T
+    return alpha * tckd + beta * nckd
+
+
+def per_sample_logit_grad(s: torch.Tensor, t: torch.Tensor, loss: str, *, temperature: float,
+                          alpha: float = 1.0, beta: float = 8.0) -> torch.Tensor:
+    """Row i: the gradient of the distillation loss of sample i w.r.t. the student's logits s_i.
+    Computed on a detached leaf copy of ``s``, so no gradient reaches any parameter."""
+    s = s.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        if loss == "dkd":
+            per = dkd_per_sample(s, t.detach(), t.detach().argmax(1), alpha, beta, temperature)
+        elif loss == "kl":
+            per = kl_per_sample(s, t.detach(), temperature)
+        else:
+            raise ValueError(f"unknown distillation loss {loss!r}")
+        (g,) = torch.autograd.grad(per.sum(), s)
+    return g.detach()
+
+
+# ---------------------------------------------------------------------------------------------
+# private annotation mechanisms
+
+
+def topk_mask(student_logits: torch.Tensor, k: Optional[int]) -> torch.Tensor:
+    """0/1 mask of the k largest **student** logits per row (k None or >= K: all ones). Uses only
+    student-side information, so the selection itself costs no privacy."""
+    K = student_logits.shape[1]
+    if k is None or k <= 0 or k >= K:
+        return torch.ones_like(student_logits)
+    idx = student_logits.topk(k, dim=1).indices
+    return torch.zeros_like(student_logits).scatter_(1, idx, 1.0)
+
+
+def normalize_rows(g: torch.Tensor, bound: float, stability: float) -> torch.Tensor:
+    """Per-sample normalization (Bu et al.'s automatic clipping): C * g_i / (||g_i||_2 + e);
+    every row has norm < C."""
+    return bound * g / (g.norm(dim=1, keepdim=True) + stability)
+
+
+@dataclass
+class GaussianAnnotator:
+    """Data-sensitive annotation: the Gaussian mechanism on normalized per-sample logit gradients.
+
+    For each synthetic sample i: g_i = d loss(s_i, t_i) / d s_i; keep the top-k coordinates of
+    the **student's** logits; gbar_i = C g_i / (||g_i|| + e); release
+    ``target_i = s_i - eta * (gbar_i + n_i)``, n_i ~ N(0, (sigma C)^2) on the k kept coordinates,
+    detached. Only ``target`` leaves the mechanism."""
+
+    noise_multiplier: float  # sigma: noise std in units of C
+    bound: float = 1.0  # C
+    stability: float = 1e-3  # e
+    top_k: Optional[int] = None
+    step: float = 1.0  # eta
+    loss: str = "dkd"
+    temperature: float = 4.0
+    alpha: float = 1.0
+    beta: float = 8.0
+    generator: Optional[torch.Generator] = None
+    last_norms: Optional[torch.Tensor] = field(default=None, repr=False)
+
+    def __call__(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        s = student_logits.detach()
+        g = per_sample_logit_grad(s, teacher_logits, self.loss, temperature=self.temperature,
+                                  alpha=self.alpha, beta=self.beta)
+        mask = topk_mask(s, self.top_k)
+        gbar = normalize_rows(g * mask, self.bound, self.stability)
+        self.last_norms = gbar.norm(dim=1)
+        noise = torch.randn(s.shape, generator=self.generator, dtype=s.dtype).to(s.device)
+        noise = noise * (self.noise_multiplier * self.bound) * mask
+        return (s - self.step * (gbar + noise)).detach()
+
+
+def rr_with_prior(labels: torch.Tensor, prior: torch.Tensor, epsilon: float,
+                  generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """RRWithPrior (Ghazi et al., NeurIPS 2021, Alg. 2), vectorized. For each row: sort the
+    prior, pick k* = argmax_k [e^eps / (e^eps + k - 1)] * (mass of the k most likely classes);
+    if the true label is among those k*, output it with probability e^eps / (e^eps + k* - 1) and
+    each other member with probability 1 / (e^eps + k* - 1); otherwise output a uniform member.
+    epsilon-DP w.r.t. the label for any fixed prior."""
+    n, K = prior.shape
+    e = math.exp(epsilon)
+    order = prior.argsort(dim=1, descending=True)
+    cum = prior.gather(1, order).cumsum(1)
+    ks = torch.arange(1, K + 1, dtype=prior.dtype, device=prior.device)
+    kstar = (cum * (e / (e + ks - 1))).argmax(1) + 1  # (n,)
+    rank = (order == labels[:, None]).float().argmax(1)  # position of the true label
+    inset = rank < kstar
+    u = torch.rand(n, generator=generator).to(prior.device)
+    v = torch.rand(n, generator=generator).to(prior.device)
+    p_keep = e / (e + kstar.to(prior.dtype) - 1)
+    # in the set, not kept: uniform over the other k*-1 members (positions != rank)
+    j = torch.clamp((v * (kstar - 1).to(prior.dtype)).floor().long(), max=K - 1)
+    j = torch.minimum(j, (kstar - 2).clamp_min(0))
+    other_pos = j + (j >= rank).long()
+    # outside the set: uniform over the k* members
+    any_pos = torch.minimum((v * kstar.to(prior.dtype)).floor().long(), kstar - 1)
+    pos = torch.where(inset, torch.where(u < p_keep, rank, other_pos), any_pos)
+    return order.gather(1, pos[:, None]).squeeze(1)
+
+
+@dataclass
+class RRAnnotator:
+    """Label-sensitive annotation: the teacher's hard label argmax t_i through RRWithPrior with
+    the student's softmax as prior. Only the noisy label leaves the mechanism."""
+
+    epsilon: float
+    generator: Optional[torch.Generator] = None
+    #: softmax temperature of the prior; > 1 flattens an over-confident student prior (with a sharp
+    #: prior RRWithPrior picks k* = 1 and returns the student's own top class, ignoring the teacher)
+    prior_temperature: float = 1.0
+
+    def __call__(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        prior = F.softmax(student_logits.detach() / self.prior_temperature, 1)
+        return rr_with_prior(teacher_logits.detach().argmax(1), prior, self.epsilon, self.generator)
+
+
+# ---------------------------------------------------------------------------------------------
+# accounting (library accountants only: Google dp_accounting)
+
+
+def _accountant(name: str, relation: str = "add_remove"):
+    from dp_accounting.pld.pld_privacy_accountant import PLDAccountant
+    from dp_accounting.privacy_accountant import NeighboringRelation
+    from dp_accounting.rdp.rdp_privacy_accountant import RdpAccountant
+
+    rel = {"add_remove": NeighboringRelation.ADD_OR_REMOVE_ONE, "replace": NeighboringRelation.REPLACE_ONE}[relation]
+    if name == "pld":
+        return PLDAccountant(neighboring_relation=rel)
+    if name == "rdp":
+        return RdpAccountant(neighboring_relation=rel)
+    raise ValueError(f"accountant must be 'pld' or 'rdp', got {name!r}")
+
+
+def gaussian_epsilon(noise_multiplier: float, steps: int, delta: float, accountant: str = "pld") -> float:
+    """Epsilon of ``steps`` compositions of the Gaussian mechanism with std / L2-sensitivity =
+    ``noise_multiplier`` (dp_accounting; sensitivity-1 ``GaussianDpEvent``)."""
+    from dp_accounting import dp_event
+
+    if steps <= 0:
+        return 0.0
+    acc = _accountant(accountant)
+    acc.compose(dp_event.GaussianDpEvent(noise_multiplier), int(steps))
+    return float(acc.get_epsilon(delta))
+
+
+def calibrate_gaussian(target_epsilon: float, delta: float, steps: int, accountant: str = "pld") -> float:
+    """The smallest noise multiplier z (std / sensitivity) whose ``steps``-fold composition spends
+    at most ``target_epsilon`` at ``delta``, by dp_accounting's calibration (bisection on the
+    accountant, on the composed event itself). The bracket comes from the RDP accountant (fast;
+    RDP over-estimates epsilon, so its z is an upper end) and is refined with ``accountant``."""
+    from dp_accounting import dp_event
+    from dp_accounting import mechanism_calibration as mc
+
+    def event(z):
+        return dp_event.SelfComposedDpEvent(dp_event.GaussianDpEvent(z), int(steps))
+
+    z_rdp = mc.calibrate_dp_mechanism(lambda: _accountant("rdp"), event, target_epsilon, delta,
+                                      mc.LowerEndpointAndGuess(1e-3, 1.0), tol=1e-4)
+    if accountant == "rdp":
+        return float(z_rdp)
+    z = mc.calibrate_dp_mechanism(lambda: _accountant(accountant), event, target_epsilon, delta,
+                                  mc.ExplicitBracketInterval(0.5 * z_rdp, z_rdp), tol=1e-3 * z_rdp)
+    return float(z)
+
+
+def pure_dp_composition_epsilon(epsilon0: float, count: int, delta: float) -> float:
+    """Epsilon of ``count`` compositions of an epsilon0-DP mechanism (replace-one relation),
+    through the event that dominates every epsilon0-DP mechanism: binary randomized response with
+    keep probability e^eps0 / (e^eps0 + 1) (Kairouz, Oh & Viswanath 2015). dp_accounting RDP
+    accountant (PLD cannot hold hundreds of thousands of self-compositions in memory)."""
+    from dp_accounting import dp_event
+
+    if count <= 0:
+        return 0.0
+    acc = _accountant("rdp", "replace")
+    p = 2.0 / (math.exp(epsilon0) + 1.0)  # dp_accounting's noise parameter: prob. of a uniform draw
+    acc.compose(dp_event.RandomizedResponseDpEvent(p, 2), int(count))
+    return float(acc.get_epsilon(delta))
+
+
+#: the two readings of the ``query`` unit for the Gaussian (data-sensitive) mechanism
+QUERY_UNITS = {
+    "parallel": "neighbouring runs differ in the teacher's answer to one synthetic query; every query is "
+                "answered (and noised) exactly once, so the per-query Gaussian mechanisms compose in parallel",
+    "per-iteration": "neighbouring runs differ in the teacher's answer to at most one synthetic query in every "
+                     "iteration; the iterations compose sequentially",
+}
+
+
+def own_unit_compositions(composition: str, iterations: int) -> int:
+    """How many Gaussian mechanisms one neighbouring change touches under the ``query`` unit."""
+    if composition not in QUERY_UNITS:
+        raise ValueError(f"query_composition must be one of {list(QUERY_UNITS)}, got {composition!r}")
+    return min(1, iterations) if composition == "parallel" else iterations
+
+
+class GaussianLedger:
+    """Counts the Gaussian annotation rounds (one per teacher query batch, recorded right after
+    the query) and converts them into epsilon with the accountant on demand: the own-unit epsilon
+    (``query``, see :data:`QUERY_UNITS`) and the example-level one (all B answers of every round
+    may change: multiplier z_ex per round, composed over the rounds)."""
+
+    def __init__(self, noise_multiplier: float, example_multiplier: float, delta: float, accountant: str,
+                 composition: str):
+        self.z, self.z_ex, self.delta, self.accountant = noise_multiplier, example_multiplier, delta, accountant
+        self.composition = composition
+        self.steps = 0
+
+    def step(self, n: int = 1):
+        self.steps += n
+
+    def epsilon(self) -> float:
+        return gaussian_epsilon(self.z, own_unit_compositions(self.composition, self.steps), self.delta,
+                                self.accountant)
+
+    def epsilon_example_level(self) -> float:
+        return gaussian_epsilon(self.z_ex, self.steps, self.delta, self.accountant)
+
+
+# ---------------------------------------------------------------------------------------------
+# the alternating loop
+
+
+@dataclass
+class LoopConfig:
+    iterations: int
+    batch_size: int
+    lr_student: float
+    lr_generator: float
+    w_oh: float
+    w_ie: float
+    w_act: float
+    w_adv: float
+    eval_every: int
+    select_on_val: bool
+    student_optimizer: str = "adam"
+
+
+def student_loss_fn(mode: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """data mode: MSE regression of the logits onto the detached DP target (sum over classes,
+    mean over the batch); label mode: cross-entropy on the RR labels."""
+    if mode == "data":
+        return lambda s, target: ((s - target) ** 2).sum(1).mean() / 2
+    return lambda s, labels: F.cross_entropy(s, labels)
+
+
+def adversarial_loss_fn(mode: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The generator's adversarial (competitive) term, built from DP quantities only: the generator
+    maximizes the student's disagreement with the private annotation of the same latent codes.
+    In data mode the gradient of -1/2 ||s - target||^2 w.r.t. the images is linear in the DP
+    noise, i.e. an unbiased noisy version of "move to where the normalized distillation gradient
+    is large"."""
+    base = student_loss_fn(mode)
+    return lambda s, target: -base(s, target)
+
+
+def transcribe(*, teacher: nn.Module, student: nn.Module, generator: nn.Module,
+               annotate: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], mode: str, cfg: LoopConfig,
+               rng: torch.Generator, device, val=None, on_query: Callable[[int], None] = lambda it: None,
+               on_eval: Callable[[int], dict] = lambda it: {}, progress=lambda it, **k: it,
+               log: Callable[[str], None] = lambda m: None) -> dict:
+    """Alternate, ``cfg.iterations`` times: (1) a generator batch from N(0, I); (2) teacher and
+    student logits; (3) private annotation (the only use of the teacher's output); (4) a student
+    step towards the annotation; (5) a generator step with the (frozen) student as discriminator.
+    Returns the history; ``student``/``generator`` hold the selected checkpoint on return."""
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    student.to(device).train()
+    generator.to(device).train()
+    if cfg.student_optimizer == "adam":
+        opt_s = torch.optim.Adam(student.parameters(), lr=cfg.lr_student)
+    else:
+        opt_s = torch.optim.SGD(student.parameters(), lr=cfg.lr_student, momentum=0.9)
+    opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.lr_generator)
+    s_loss, adv_loss = student_loss_fn(mode), adversarial_loss_fn(mode)
+    latent = generator.latent_dim
+    hist: dict = {"iteration": [], "val_acc": [], "student_loss": [], "epsilon": [], "seconds": []}
+    best = (-1.0, None, None, -1)
+    t0 = time.time()
+    run_loss = 0.0
+    for it in progress(range(1, cfg.iterations + 1), desc="transcription"):
+        z = torch.randn(cfg.batch_size, latent, generator=rng).to(device)
+        # (1)-(2): synthetic batch, teacher and student logits
+        with torch.no_grad():
+            x = generator(z)
+            t_logits = teacher(x)
+        s_logits = student(x)
+        # (3): private annotation -- the only use of the teacher's output
+        target = annotate(s_logits.detach(), t_logits)
+        del t_logits
+        on_query(it)
+        # (4): student update on the DP annotation
+        loss = s_loss(s_logits, target)
+        opt_s.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_s.step()
+        run_loss += float(loss.detach())
+        # (5): generator update, student frozen as discriminator
+        if any(w != 0 for w in (cfg.w_oh, cfg.w_ie, cfg.w_act, cfg.w_adv)):
+            for p in student.parameters():
+                p.requires_grad_(False)
+            xg = generator(z)
+            logits, feats = logits_and_features(student, xg)
+            parts = dafl_losses(logits, feats)
+            g_loss = cfg.w_oh * parts["oh"] + cfg.w_ie * parts["ie"] + cfg.w_act * parts["a"]
+            if cfg.w_adv:
+                g_loss = g_loss + cfg.w_adv * adv_loss(logits, target)
+            opt_g.zero_grad(set_to_none=True)
+            g_loss.backward()
+            opt_g.step()
+            for p in student.parameters():
+                p.requires_grad_(True)
+        if it % cfg.eval_every == 0 or it == cfg.iterations:
+            va = accuracy(student, val, device) if val is not None else float("nan")
+            student.train()
+            extra = on_eval(it)
+            hist["iteration"].append(it)
+            hist["val_acc"].append(va)
+            hist["student_loss"].append(run_loss / (cfg.eval_every if it % cfg.eval_every == 0 else max(1, it % cfg.eval_every)))
+            hist["epsilon"].append(extra.get("epsilon"))
+            hist["seconds"].append(time.time() - t0)
+            run_loss = 0.0
+            log(f"iter {it}: val_acc={va:.4f} eps={extra.get('epsilon')}")
+            if not cfg.select_on_val or va > best[0]:
+                best = (va, copy.deepcopy(student.state_dict()), copy.deepcopy(generator.state_dict()), it)
+    student.load_state_dict(best[1])
+    generator.load_state_dict(best[2])
+    student.eval()
+    generator.eval()
+    hist["selected_iteration"] = best[3]
+    hist["selected_val_acc"] = best[0]
+    hist["selected_by"] = "val_acc on ctx.task.val (private validation split)" if cfg.select_on_val else "last_iterate"
+    return hist
+
+
+def get_teacher(ctx, teacher_config: dict) -> nn.Module:
+    """The cached non-private ``none`` release of the same task and seed (the shared teacher)."""
+    rel = ctx.fit_defense("none", dict(teacher_config or {}))
+    teacher = rel.model.to(ctx.device).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
+def seeded_init(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
+    """Build a module under a fixed torch seed (independent of whatever ran before, e.g. a teacher
+    trained on a cache miss), restoring the global RNG afterwards."""
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        return build()
+    finally:
+        torch.random.set_rng_state(state)
+
+
+def np_float(x) -> float:
+    return float(np.asarray(x))

@@ -1,0 +1,262 @@
+"""Model-inversion attacks (gmi, kedmi, plgmi, mi-face), their shared judge, GAN priors, metrics
+and image grids. Fast: metrics on hand-made inputs, and every attack end to end on sklearn's 8x8
+digits with tiny GANs and few iterations (one shared run of a two-cell suite)."""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from attacks import _inversion as inv
+
+# --------------------------------------------------------------------------------------------
+# metrics on hand-made inputs
+# --------------------------------------------------------------------------------------------
+
+
+def test_topk_accuracy_on_known_labels():
+    logits = np.array([[5.0, 1.0, 0.0], [0.0, 2.0, 3.0], [1.0, 0.0, 0.5], [0.0, 0.0, 9.0]])
+    labels = np.array([0, 1, 2, 2])
+    assert inv.topk_correct(logits, labels, 1).tolist() == [True, False, False, True]
+    assert inv.topk_correct(logits, labels, 2).tolist() == [True, True, True, True]
+    assert inv.topk_correct(logits, labels, 10).all()  # k larger than the class count
+
+
+def test_knn_distance_is_zero_for_private_images():
+    rng = np.random.default_rng(0)
+    priv = rng.normal(size=(40, 6))
+    plab = np.repeat(np.arange(4), 10)
+    pick = np.array([3, 12, 25, 39])
+    d, idx = inv.knn_distance(priv[pick], plab[pick], priv, plab)
+    assert np.allclose(d, 0.0) and idx.tolist() == pick.tolist()
+    # squared L2 to the nearest *same-class* example, not the nearest overall
+    q = priv[0] + np.array([1.0, 0, 0, 0, 0, 0])
+    d, _ = inv.knn_distance(q[None], [0], priv, plab)
+    assert d[0] <= 1.0 + 1e-9
+    d_other, idx_other = inv.knn_distance(priv[0][None], [1], priv, plab)
+    assert d_other[0] > 0 and plab[idx_other[0]] == 1
+    d_none, idx_none = inv.knn_distance(priv[:1], [7], priv, plab)  # class without private examples
+    assert math.isnan(d_none[0]) and idx_none[0] == -1
+
+
+def test_fid_identical_sets_is_zero_and_grows_with_shift():
+    rng = np.random.default_rng(1)
+    f = rng.normal(size=(500, 8))
+    assert inv.fid_from_features(f, f) == pytest.approx(0.0, abs=1e-6)
+    shifted = inv.fid_from_features(f, f + 2.0)
+    assert shifted == pytest.approx(8 * 4.0, rel=0.05)  # ||mu1 - mu2||^2 = 8 * 2^2, same covariance
+    # fewer samples than dimensions (singular covariances) still gives a finite number
+    assert math.isfinite(inv.fid_from_features(f[:5], rng.normal(size=(300, 8))))
+    assert math.isnan(inv.fid_from_features(f[:1], f))
+
+
+def test_max_margin_loss():
+    logits = torch.tensor([[3.0, 1.0, 0.0], [0.0, 2.0, 5.0]])
+    out = inv.max_margin_loss(logits, torch.tensor([0, 1]))
+    assert out.tolist() == [-2.0, 3.0]
+
+
+def test_lpips_random_backbone_code_path():
+    model, reason = inv.lpips_model(random_backbone=True)
+    assert model is not None, reason
+    assert "RANDOM" in reason
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 1, 8, 8, generator=g)
+    y = torch.rand(3, 1, 8, 8, generator=g)
+    same = inv.lpips_distance(model, x, x)
+    diff = inv.lpips_distance(model, x, y)
+    assert same.shape == (3,) and np.allclose(same, 0.0, atol=1e-6)
+    assert (diff > 0).all()
+
+
+def test_lpips_without_backbone_weights_is_reported_not_downloaded(monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty-hub"))
+    monkeypatch.setattr(inv, "_LPIPS", {})
+    assert inv.alexnet_weights_path() is None
+    model, reason = inv.lpips_model()
+    assert model is None and "unavailable" in reason and "not in the torch hub cache" in reason
+
+
+def test_evaluator_arch_is_registered_and_differs_from_targets():
+    from bench.models import arch_names, build_model
+
+    assert "eval-cnn" in arch_names()
+    m = build_model({"name": "eval-cnn", "in_channels": 1, "image_size": 8, "num_classes": 10})
+    assert m(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+    assert m.penultimate(torch.zeros(2, 1, 8, 8)).shape == (2, 128)
+    assert any(isinstance(x, torch.nn.BatchNorm2d) for x in m.modules())
+
+
+@pytest.mark.parametrize("size", [8, 28, 32])
+def test_gan_shapes(size):
+    G = inv.DCGenerator(z_dim=10, dim=4, out_channels=1, image_size=size)
+    x = G(torch.randn(3, 10))
+    assert x.shape == (3, 1, size, size) and float(x.min()) >= 0 and float(x.max()) <= 1
+    assert inv.WGANCritic(1, 4, size)(x).shape == (3,)
+    f, logits = inv.KPlusOneDiscriminator(1, 4, size, num_classes=5, kernels=4, kernel_dim=3)(x)
+    assert logits.shape == (3, 5) and f.shape[0] == 3
+    Gc = inv.DCGenerator(z_dim=10, dim=4, out_channels=1, image_size=size, num_classes=5)
+    y = torch.tensor([0, 3, 4])
+    assert inv.ProjectionDiscriminator(1, 4, size, 5)(Gc(torch.randn(3, 10), y), y).shape == (3,)
+
+
+def test_top_n_selection_is_disjoint_and_prefers_confident():
+    probs = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.4, 0.6], [0.55, 0.45]])
+    idx, lab = inv.top_n_selection(probs, 2)
+    assert idx[lab == 0].tolist() == [0, 1] and idx[lab == 1].tolist() == [2, 3]
+    assert len(set(idx.tolist())) == len(idx)
+
+
+def test_augment_keeps_shape_range_and_gradient():
+    x = torch.rand(4, 1, 16, 16, requires_grad=True)
+    out = inv.augment(x)
+    assert out.shape == x.shape and float(out.min()) >= 0 and float(out.max()) <= 1
+    out.sum().backward()
+    assert x.grad is not None and float(x.grad.abs().sum()) > 0
+
+
+def test_bad_gan_key_fails_at_suite_parse():
+    from bench.errors import BenchError
+    from bench.suite import parse_suite
+
+    data = {**SUITE, "attacks": {"gmi": {"gan": {"widht": 3}}}}
+    with pytest.raises(BenchError, match="widht"):
+        parse_suite("bad", data)
+
+
+# --------------------------------------------------------------------------------------------
+# every attack end to end (one shared run of a two-cell tiny suite)
+# --------------------------------------------------------------------------------------------
+
+#: one judge for all four attacks (same evaluator config), trained briefly on the tiny protocol
+JUDGE = {"min_steps": 150}
+ATTACKS = {
+    "gmi": {"iterations": 25, "restarts": 3, "gan": {"dim": 8, "epochs": 1}, "evaluator": JUDGE},
+    "kedmi": {"iterations": 25, "samples": 3, "gan": {"dim": 8, "epochs": 1, "mbd_kernels": 8}, "evaluator": JUDGE},
+    "plgmi": {"iterations": 25, "restarts": 3, "gan": {"dim": 8, "steps": 5, "top_n": 20}, "evaluator": JUDGE},
+    "mi-face": {"iterations": 40, "restarts": 3, "evaluator": JUDGE},
+}
+
+SUITE = {
+    "name": "tiny-inversion",
+    "datasets": {"digits": {"protocol": {"members": 300, "val": 100, "nonmembers": 300}}},
+    "epsilons": [1.0],
+    "delta": 1.0e-5,
+    "seeds": [0],
+    "defenses": {"none": {"arch": "mlp", "epochs": 20, "batch_size": 32, "lr": 0.003},
+                 "dpsgd": {"arch": "mlp", "epochs": 3, "batch_size": 64, "lr": 1.0, "max_grad_norm": 1.0}},
+    "attacks": ATTACKS,
+}
+
+
+@pytest.fixture(scope="module")
+def inversion_run(tmp_path_factory):
+    from bench.runner import run_suite
+    from bench.suite import parse_suite
+
+    base = tmp_path_factory.mktemp("inversion")
+    path = base / "suite.yaml"
+    path.write_text(yaml.safe_dump(SUITE, sort_keys=False))
+    suite = parse_suite("tiny-inversion", yaml.safe_load(path.read_text()))
+    out, cache = base / "out", base / "cache"
+    res = run_suite(suite, out, cache_dir=cache, data_dir=base / "data", echo=lambda m: None, progress=False)
+    con = sqlite3.connect(out / "results.sqlite")
+    con.row_factory = sqlite3.Row
+    cells = [dict(r) for r in con.execute("SELECT * FROM cells")]
+    metrics = [dict(r) for r in con.execute("SELECT c.defense, m.source, m.name, m.value FROM metrics m "
+                                            "JOIN cells c USING (cell_key)")]
+    con.close()
+    return {"res": res, "out": out, "cache": cache, "cells": cells,
+            "metrics": {(m["defense"], m["source"], m["name"]): m["value"] for m in metrics}}
+
+
+def test_all_attacks_run_end_to_end(inversion_run):
+    assert inversion_run["res"]["failed"] == 0, [c["error"] for c in inversion_run["cells"]]
+    m = inversion_run["metrics"]
+    for defense in ("none", "dpsgd"):
+        assert ("inversion-target", "test_acc") in {(s, n) for (d, s, n) in m if d == defense}
+        for attack in ATTACKS:
+            for name in ("top1", "top1_std", "top2", "top1_all", "top5_all", "top1_selected", "target_acc",
+                         "knn_dist", "fid", "eval_test_acc"):
+                v = m[(defense, attack, name)]
+                assert v is not None and math.isfinite(v), (defense, attack, name, v)
+            assert 0.0 <= m[(defense, attack, "top1")] <= 1.0
+            assert m[(defense, attack, "knn_dist")] >= 0 and m[(defense, attack, "fid")] >= 0
+            # LPIPS: a number with the pretrained backbone, else NaN (stored as NULL) with the reason
+            lp = m[(defense, attack, "lpips")]
+            assert lp is None or lp >= 0
+    # the judge is far better than chance even on the tiny digits protocol
+    assert m[("none", "gmi", "eval_test_acc")] > 0.8
+
+
+def test_attack_arrays_and_info(inversion_run):
+    from bench.cache import read_bundle
+
+    con = sqlite3.connect(inversion_run["out"] / "results.sqlite")
+    rows = con.execute("SELECT name, path FROM artifacts WHERE name LIKE 'attack:%'").fetchall()
+    con.close()
+    assert {r[0] for r in rows} == {f"attack:{a}" for a in ATTACKS}
+    for name, path in rows:
+        b = read_bundle(Path(path))
+        imgs = b["array.images"]
+        n = 3
+        assert imgs.shape == (5, n, 1, 8, 8), (name, imgs.shape)
+        assert imgs.min() >= 0 and imgs.max() <= 1
+        assert b["array.selected"].shape == (5,)
+        assert b["array.classes"].tolist() == [0, 1, 2, 3, 4]
+        assert "LPIPS" in b["__info__"]["lpips"]
+
+
+def test_gan_prior_built_once_and_shared(inversion_run):
+    cache = inversion_run["cache"]
+    # one WGAN-GP prior (target-independent) and one evaluator for both cells; KEDMI and PLG-MI
+    # GANs are per target (two targets)
+    assert len(list((cache / "artifact-gan-wgangp").rglob("manifest.json"))) == 1
+    assert len(list((cache / "artifact-inversion-evaluator").rglob("manifest.json"))) == 1
+    assert len(list((cache / "artifact-gan-kedmi").rglob("manifest.json"))) == 2
+    assert len(list((cache / "artifact-gan-plgmi").rglob("manifest.json"))) == 2
+    logs = {c["defense"]: json.loads(c["info"])["logs"] for c in inversion_run["cells"]}
+    first, second = ("none", "dpsgd") if any("miss: artifact-gan-wgangp" in x for x in logs["none"]) else ("dpsgd", "none")
+    assert any(x.startswith("cache miss: artifact-gan-wgangp") for x in logs[first])
+    assert any(x.startswith("cache hit: artifact-gan-wgangp") for x in logs[second])
+    assert not any("miss: artifact-gan-wgangp" in x for x in logs[second])
+
+
+def test_rerun_is_fully_cached(inversion_run, tmp_path):
+    """A second run of the same suite into a new store rebuilds nothing (attacks, GANs, judge)."""
+    from bench.runner import run_suite
+    from bench.suite import parse_suite
+
+    lines = []
+    res = run_suite(parse_suite("tiny-inversion", SUITE), tmp_path / "again", cache_dir=inversion_run["cache"],
+                    data_dir=tmp_path / "data", echo=lines.append, progress=False)
+    assert res["done"] == 2 and res["failed"] == 0
+    assert all("cached]" in x for x in lines if x.startswith("["))
+
+
+def test_write_grids(inversion_run, tmp_path):
+    from reports.inversion_grid import write_grids
+
+    paths = write_grids(inversion_run["out"], tmp_path / "grids")
+    names = {p.name for p in paths}
+    for a in ATTACKS:
+        assert f"inversion_digits_{a}.png" in names
+        assert f"digits_none_epsinf_seed0_{a}.png" in names and f"digits_dpsgd_eps1_seed0_{a}.png" in names
+    for p in paths:
+        assert p.exists() and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cell_grid_accepts_one_image_per_class(tmp_path):
+    from reports.inversion_grid import cell_grid
+
+    p = cell_grid(np.random.default_rng(0).random((3, 1, 6, 6)), tmp_path / "g.png", classes=[5, 6, 7])
+    assert p.exists()
+    with pytest.raises(ValueError):
+        cell_grid(np.zeros((3, 6, 6)), tmp_path / "bad.png")
