@@ -59,7 +59,7 @@ def _cmd_run(args) -> int:
         print(f"suite '{suite.name}': {len(cells)} cells (dry run, nothing trained)")
         for c in cells:
             eps = "inf" if math.isinf(c["epsilon"]) else f"{c['epsilon']:g}"
-            print(f"  {c['dataset']:<14} eps={eps:<6} delta={c['delta']:g} {c['defense']:<12} seed={c['seed']} "
+            print(f"  {c['dataset']:<14} eps={eps:<6} delta={c['delta']:g} {c.get('variant') or c['defense']:<12} seed={c['seed']} "
                   f"attacks={','.join(c['attacks']) or '-'}")
         return 0
     out = Path(args.out or Path("runs") / suite.name)

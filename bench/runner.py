@@ -251,7 +251,7 @@ def fit_release(ctx: CellContext, cls: type, cfg: dict, task: Task, epsilon: flo
 
 def cell_key(cell: dict) -> str:
     d = registry.get_defense(cell["defense"])
-    attacks = {a: code_version(registry.get_attack(a)) for a in cell["attacks"]}
+    attacks = {a: code_version(registry.get_attack(c.get("method", a))) for a, c in cell["attacks"].items()}
     return digest({"cell": cell, "code": code_version(d), "attack_code": attacks})[:24]
 
 
@@ -291,7 +291,8 @@ def execute_cell(job: tuple[dict, Env]) -> dict:
             metrics.append(("privacy", "epsilon_spent", rel.privacy.epsilon))
         inv_rel = None
         for aname, acfg in cell["attacks"].items():
-            acls = registry.get_attack(aname)
+            acfg = dict(acfg)
+            acls = registry.get_attack(acfg.pop("method", aname))
             target, tkey, atask = rel, rkey, task
             if acls.kind == "inversion":
                 if inv_rel is None:
@@ -332,7 +333,7 @@ def execute_cell(job: tuple[dict, Env]) -> dict:
 
 def summary_line(r: dict) -> str:
     c = r["cell"]
-    head = f"{c['dataset']} eps={_fmt_eps(c['epsilon'])} {c['defense']} seed={c['seed']}"
+    head = f"{c['dataset']} eps={_fmt_eps(c['epsilon'])} {c.get('variant') or c['defense']} seed={c['seed']}"
     if r["status"] != "done":
         last = (r["error"] or "").strip().splitlines()[-1:] or [""]
         return f"{head}: FAILED ({last[0][:200]})"
@@ -356,7 +357,7 @@ def run_suite(suite: Suite, out: str | Path, *, jobs: int = 1, device: str = "cp
         raise BenchError("--device cuda was asked for but torch.cuda.is_available() is False")
     root = str(Path(data_dir) if data_dir else data_root())
     # pre-flight: missing data or impossible split sizes are user errors, found before anything is written
-    needs_inversion = any(registry.get_attack(a).kind == "inversion" for a in suite.attacks)
+    needs_inversion = any(registry.get_attack(c.get("method", a)).kind == "inversion" for a, c in suite.attacks.items())
     for ds, dcfg in suite.datasets.items():
         for seed in suite.seeds:
             build_task(ds, dcfg["protocol"], seed, root)

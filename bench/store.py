@@ -151,7 +151,8 @@ class Store:
             c.execute("DELETE FROM metrics WHERE cell_key=?", (cell_key,))
             c.execute("DELETE FROM artifacts WHERE cell_key=?", (cell_key,))
             c.execute("INSERT OR REPLACE INTO cells VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                      (cell_key, run_id, cell["dataset"], _eps(cell["epsilon"]), cell["delta"], cell["defense"],
+                      (cell_key, run_id, cell["dataset"], _eps(cell["epsilon"]), cell["delta"],
+                       cell.get("variant") or cell["defense"],
                        cell["seed"], status, json.dumps(cell, default=str), json.dumps(split),
                        json.dumps(privacy), json.dumps(info, default=str), error, wall_time, device,
                        json.dumps(prov), started, time.time()))

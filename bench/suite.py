@@ -116,13 +116,18 @@ class Suite:
     def cells(self) -> list[dict]:
         out = []
         for ds, ds_cfg in self.datasets.items():
-            for dname, dcfg in self.defenses.items():
+            for variant, dcfg in self.defenses.items():
+                dcfg = dict(dcfg)
+                dname = dcfg.pop("method", variant)
                 private = registry.get_defense(dname).privacy_unit != "none"
                 for eps in (self.epsilons if private else [math.inf]):
                     for seed in self.seeds:
-                        out.append({"dataset": ds, "protocol": ds_cfg["protocol"], "inversion": ds_cfg["inversion"],
-                                    "epsilon": eps, "delta": self.delta, "defense": dname, "defense_config": dcfg,
-                                    "attacks": self.attacks, "seed": seed})
+                        cell = {"dataset": ds, "protocol": ds_cfg["protocol"], "inversion": ds_cfg["inversion"],
+                                "epsilon": eps, "delta": self.delta, "defense": dname, "defense_config": dcfg,
+                                "attacks": self.attacks, "seed": seed}
+                        if variant != dname:
+                            cell["variant"] = variant
+                        out.append(cell)
         return out
 
 
@@ -189,10 +194,15 @@ def parse_suite(name: str, data: dict) -> Suite:
             raise BenchError(f"suite '{name}': '{key}' must be a list or a mapping")
         out = {}
         for m, cfg in raw.items():
-            cls = getter(m)
             if cfg is not None and not isinstance(cfg, dict):
                 raise BenchError(f"suite '{name}': {key}.{m} must be a mapping of parameters")
-            out[m] = config_dict(make_config(cls.Config, cfg or {}, f"{key}.{m}"))
+            cfg = dict(cfg or {})
+            method = cfg.pop("method", m)  # an alias: `dpsd-label: {method: dpsd, mode: label}`
+            if not isinstance(method, str):
+                raise BenchError(f"suite '{name}': {key}.{m}.method must be a registered name")
+            cls = getter(method)
+            resolved = config_dict(make_config(cls.Config, cfg, f"{key}.{m}"))
+            out[m] = {**resolved, "method": method} if method != m else resolved
         return out
 
     return Suite(name, str(data.get("description", "")), datasets, epsilons, delta, [int(s) for s in seeds],

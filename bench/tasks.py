@@ -123,6 +123,16 @@ def _load_raw(dataset: str, root: str) -> RawData:
     return get_dataset(dataset)().load(Path(root))
 
 
+@functools.lru_cache(maxsize=4)
+def _raw_digest(dataset: str, root: str) -> str:
+    """SHA-256 of the loaded arrays: two different copies of a dataset never share cache entries."""
+    raw = _load_raw(dataset, root)
+    h = hashlib.sha256()
+    for a in (raw.train_x, raw.train_y, raw.test_x, raw.test_y):
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()[:16]
+
+
 def build_task(dataset: str, protocol: dict | ProtocolConfig | None, seed: int,
                root: str | Path | None = None) -> Task:
     """Load ``dataset`` and cut it under ``protocol`` with ``seed`` (deterministic)."""
@@ -178,7 +188,9 @@ def build_task(dataset: str, protocol: dict | ProtocolConfig | None, seed: int,
         public = Split(_resize(raw.train_x[pub_rows], cfg.image_size),
                        torch.from_numpy(train_y[pub_rows].astype(np.int64)), pub_rows)
     h = hashlib.sha256()
-    h.update(json.dumps({"dataset": dataset, "protocol": dataclasses.asdict(cfg), "seed": seed}, sort_keys=True).encode())
+    root_s = str(Path(root) if root else data_root())
+    h.update(json.dumps({"dataset": dataset, "protocol": dataclasses.asdict(cfg), "seed": seed,
+                         "data": _raw_digest(dataset, root_s)}, sort_keys=True).encode())
     for r in (*rows.values(), test_rows, pub_rows if cfg.kind == "inversion" else np.zeros(0, np.int64)):
         h.update(np.ascontiguousarray(r, dtype=np.int64).tobytes())
     info = {"dataset": dataset, "protocol": dataclasses.asdict(cfg), "seed": seed,

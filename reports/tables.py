@@ -129,7 +129,9 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> list[Pat
     tex.write_text(disp.to_latex(index=False, escape=True, column_format="l" * len(disp.columns))
                    .replace("±", "$\\pm$"))
     paths.append(tex)
+    from .inversion_grid import write_grids
     from .roc import plot_run
 
     paths += plot_run(run_dir, out / "roc")
+    paths += write_grids(run_dir, out / "inversion")
     return paths

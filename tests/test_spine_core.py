@@ -400,9 +400,6 @@ def test_fake_mnist_in_torchvision_layout(tmp_path, cli, suite_file):
     assert "1 done, 0 failed" in o
 
 
-@pytest.mark.xfail(reason="BUG: tasks.py build_task fingerprints row *indices* only, not the data: two "
-                          "different copies of a dataset give the same fingerprint, so cached releases and "
-                          "finished cells are reused across data roots", strict=True)
 def test_bug_fingerprint_covers_the_data_itself(tmp_path):
     from bench.tasks import build_task
 
