@@ -166,7 +166,8 @@ def test_reported_epsilons_data_mode(composition, own_steps):
     # example level: sensitivity 2C*sqrt(B) per iteration, 6 iterations
     mu = math.sqrt(6) * 2 * math.sqrt(16) / sigma
     hand = brentq(lambda e: analytic_gaussian_delta(e, mu) - 1e-5, 1e-6, 500)
-    assert p.extra["epsilon_example_level"] == pytest.approx(hand, rel=0.02)
+    # reported with the RDP accountant: an upper bound on the exact value, and not a loose one
+    assert hand <= p.extra["epsilon_example_level"] <= 1.3 * hand
     assert p.extra["epsilon_example_level"] > p.epsilon
     assert p.extra["queries"] == 6 * 16
     # the ledger was read after every evaluation round: epsilon curve is non-decreasing
