@@ -16,7 +16,8 @@ from bench.runner import run_suite
 from bench.suite import load_suite
 
 PROTOCOL = {"members": 200, "val": 150, "nonmembers": 200}
-NONE = {"arch": "mlp", "epochs": 60, "batch_size": 32, "lr": 0.003, "select_on_val": False}
+# calibrated with a constant learning rate (the cosine default overfits less on 8x8 digits)
+NONE = {"arch": "mlp", "epochs": 60, "batch_size": 32, "lr": 0.003, "select_on_val": False, "lr_schedule": "constant"}
 #: RDP keeps the noise calibration instant at this size (PRV's search takes tens of seconds here)
 DPSGD = {"arch": "mlp", "epochs": 15, "batch_size": 200, "lr": 2.0, "max_grad_norm": 1.0, "accountant": "rdp"}
 ATTACKS = {
