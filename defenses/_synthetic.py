@@ -1,0 +1,171 @@
+"""Shared pieces of the baseline defenses that train a student on data they did not read
+directly (``datalens``, ``pate``, ``vae-metric``; ``tldmi`` uses the freezing helpers only).
+
+* :func:`train_student`: minibatch training of a student classifier on synthetic or
+  teacher-labelled data, selecting the epoch on a given selection split, with per-epoch
+  accuracy curves on further (diagnostic) splits;
+* :func:`holdout`: a seeded train / selection split of a synthetic or answered set;
+* Gaussian RDP accounting on top of Google's ``dp_accounting`` (:class:`GaussianRdpLedger`,
+  :func:`max_gaussian_compositions`): a defense composes Gaussian events (noise multiplier =
+  noise std / L2 sensitivity) and asks the library accountant for epsilon. Nothing here
+  computes an epsilon by hand.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bench.tasks import Split
+from bench.train import accuracy, make_optimizer
+
+# ---------------------------------------------------------------------------------------------
+# student training
+
+
+def holdout(n: int, frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded split of ``range(n)`` into (train, selection) with ``round(frac * n)`` (at least one)
+    selection rows; ``frac = 0`` gives an empty selection part."""
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(n)
+    k = 0 if frac <= 0 else max(1, int(round(frac * n)))
+    k = min(k, n - 1)
+    return np.sort(perm[k:]), np.sort(perm[:k])
+
+
+def train_student(model: nn.Module, train: Split, select: Optional[Split], *, epochs: int, lr: float,
+                  batch_size: int, optimizer: str = "adam", weight_decay: float = 0.0, device="cpu",
+                  seed: int = 0, curves: Optional[dict[str, Split]] = None,
+                  progress: Callable = lambda it, **k: it, desc: str = "student epochs") -> tuple[nn.Module, dict]:
+    """Cross-entropy training of ``model`` on ``train``; keeps the epoch with the best accuracy on
+    ``select`` (the last epoch when ``select`` is None or empty). ``curves`` maps a name to a split
+    whose accuracy is recorded after every epoch (diagnostics only: never used for selection)."""
+    model.to(device)
+    opt = make_optimizer(model.parameters(), optimizer, lr, weight_decay=weight_decay)
+    gen = torch.Generator().manual_seed(seed)
+    n = len(train)
+    use_select = select is not None and len(select) > 0
+    hist: dict = {"train_loss": [], "select_acc": []}
+    for name in curves or {}:
+        hist[f"{name}_acc"] = []
+    best = (-1.0, None, -1)
+    for epoch in progress(range(epochs), desc=desc, leave=False):
+        model.train()
+        perm = torch.randperm(n, generator=gen)
+        total = 0.0
+        for i in range(0, n, batch_size):
+            idx = perm[i:i + batch_size]
+            xb, yb = train.x[idx].to(device), train.y[idx].to(device)
+            loss = F.cross_entropy(model(xb), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+        hist["train_loss"].append(total / max(n, 1))
+        sa = accuracy(model, select, device) if use_select else float("nan")
+        hist["select_acc"].append(sa)
+        for name, split in (curves or {}).items():
+            hist[f"{name}_acc"].append(accuracy(model, split, device))
+        if not use_select or sa > best[0]:
+            best = (sa, copy.deepcopy(model.state_dict()), epoch)
+    model.load_state_dict(best[1])
+    model.eval()
+    hist["selected_epoch"] = best[2]
+    return model, hist
+
+
+# ---------------------------------------------------------------------------------------------
+# accounting (dp_accounting)
+
+
+def _rdp_accountant(orders: Optional[Sequence[float]] = None, relation: str = "add_remove"):
+    from dp_accounting import rdp
+    from dp_accounting.privacy_accountant import NeighboringRelation as Rel
+
+    rel = Rel.ADD_OR_REMOVE_ONE if relation == "add_remove" else Rel.REPLACE_ONE
+    if orders is None:
+        return rdp.RdpAccountant(neighboring_relation=rel)
+    return rdp.RdpAccountant(list(orders), neighboring_relation=rel)
+
+
+def gaussian_rdp_epsilon(events: Sequence[tuple[float, int]], delta: float,
+                         orders: Optional[Sequence[float]] = None) -> float:
+    """Epsilon at ``delta`` of the composition of Gaussian mechanisms, ``events`` = [(noise
+    multiplier z = std / L2 sensitivity, count), ...], by dp_accounting's RDP accountant
+    (conversion: Canonne-Kamath-Steinke 2020, Prop. 12, as implemented there)."""
+    from dp_accounting import dp_event
+
+    acc = _rdp_accountant(orders)
+    for z, count in events:
+        if count > 0:
+            acc.compose(dp_event.GaussianDpEvent(float(z)), int(count))
+    return float(acc.get_epsilon(delta))
+
+
+class GaussianRdpLedger:
+    """Running composition of Gaussian events in a dp_accounting RDP accountant."""
+
+    def __init__(self, delta: float, orders: Optional[Sequence[float]] = None):
+        self.delta = delta
+        self.orders = orders
+        self.counts: dict[float, int] = {}
+
+    def compose(self, noise_multiplier: float, count: int = 1) -> None:
+        self.counts[float(noise_multiplier)] = self.counts.get(float(noise_multiplier), 0) + int(count)
+
+    def events(self, extra: Sequence[tuple[float, int]] = ()) -> list[tuple[float, int]]:
+        return [*self.counts.items(), *extra]
+
+    def epsilon(self, extra: Sequence[tuple[float, int]] = ()) -> float:
+        """Epsilon so far (plus hypothetical ``extra`` events, e.g. to check a budget)."""
+        ev = self.events(extra)
+        if not any(c > 0 for _, c in ev):
+            return 0.0
+        return gaussian_rdp_epsilon(ev, self.delta, self.orders)
+
+
+def max_gaussian_compositions(noise_multiplier: float, target_epsilon: float, delta: float,
+                              orders: Optional[Sequence[float]] = None, upper: int = 10**9) -> int:
+    """Largest T such that T self-compositions of the Gaussian mechanism with multiplier
+    ``noise_multiplier`` spend at most ``target_epsilon`` at ``delta`` (bisection on the library
+    accountant; epsilon is monotone in T)."""
+    if gaussian_rdp_epsilon([(noise_multiplier, 1)], delta, orders) > target_epsilon:
+        return 0
+    lo, hi = 1, 2
+    while hi < upper and gaussian_rdp_epsilon([(noise_multiplier, hi)], delta, orders) <= target_epsilon:
+        lo, hi = hi, hi * 2
+    hi = min(hi, upper)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if gaussian_rdp_epsilon([(noise_multiplier, mid)], delta, orders) <= target_epsilon:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def calibrate_gaussian_scale(make_events: Callable[[float], Sequence[tuple[float, int]]], target_epsilon: float,
+                             delta: float, lo: float = 1e-3, hi: float = 1e6, rel_tol: float = 1e-4) -> float:
+    """Smallest scale s (bisection in log space) with ``epsilon(make_events(s)) <= target_epsilon``;
+    ``make_events(s)`` returns the Gaussian events of a run whose noise grows with s."""
+    def eps(s):
+        return gaussian_rdp_epsilon(make_events(s), delta)
+
+    if eps(hi) > target_epsilon:
+        raise ValueError(f"no noise scale up to {hi} reaches epsilon {target_epsilon}")
+    while eps(lo) <= target_epsilon and lo > 1e-12:
+        lo /= 10
+    while hi / lo > 1 + rel_tol:
+        mid = math.sqrt(lo * hi)
+        if eps(mid) <= target_epsilon:
+            hi = mid
+        else:
+            lo = mid
+    return hi
