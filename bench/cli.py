@@ -64,7 +64,7 @@ def _cmd_run(args) -> int:
         return 0
     out = Path(args.out or Path("runs") / suite.name)
     res = run_suite(suite, out, jobs=args.jobs, device=args.device, cache_dir=args.cache_dir,
-                    data_dir=args.data_root, argv=sys.argv)
+                    data_dir=args.data_root, argv=sys.argv, executor=args.executor, address=args.address)
     return 1 if res["failed"] else 0
 
 
@@ -100,7 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="run directory (default runs/<suite>)")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a suite key, dotted (e.g. defenses.dpsgd.epochs=5); repeatable")
-    r.add_argument("--jobs", type=int, default=1, help="cells run in parallel (local process pool)")
+    r.add_argument("--jobs", type=int, default=1,
+                   help="cells run in parallel (local process pool); with --executor ray and no --address, "
+                        "the CPUs of the local Ray instance (default: all)")
+    r.add_argument("--executor", default="local", choices=["local", "ray"],
+                   help="local: this machine (sequential or --jobs processes); ray: one Ray task per cell and "
+                        "per reference model (pip install 'privacy-bench[ray]')")
+    r.add_argument("--address", help="Ray cluster address (auto, HOST:PORT or ray://HOST:PORT); default: start a "
+                                     "local Ray instance")
     r.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="torch device")
     r.add_argument("--dry-run", action="store_true", help="list the expanded cells and exit")
     r.add_argument("--data-root", help="dataset root (default $BENCH_DATA or ~/.cache/privacy-bench/data)")
@@ -111,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("what", nargs="?", default="all", choices=["all", "defenses", "attacks", "datasets", "suites"])
     ls.set_defaults(func=_cmd_list)
 
-    rep = sub.add_parser("report", help="render tables (Markdown, CSV, LaTeX) from a run directory")
+    rep = sub.add_parser("report", help="render tables (Markdown, CSV, LaTeX), plots and report.html from a run "
+                                        "directory")
     rep.add_argument("run_dir")
     rep.add_argument("--out", help="output directory (default RUN_DIR/report)")
     rep.set_defaults(func=_cmd_report)

@@ -11,6 +11,7 @@ import functools
 import hashlib
 import importlib.util
 import inspect
+import json
 import math
 import os
 import sys
@@ -122,6 +123,9 @@ class Env:
     threads: Optional[int] = None
     #: processes available to one cell for inner work (reference models); 1 = sequential
     inner_jobs: int = 1
+    #: executor kind ("local" or "ray") and Ray address, so inner work uses the same back end
+    executor: str = "local"
+    address: Optional[str] = None
 
 
 class CellContext(Context):
@@ -165,13 +169,20 @@ class CellContext(Context):
     def fit_many(self, requests: list[dict]) -> list[Release]:
         jobs = [_fit_request(self, r) for r in requests]
         todo = [j for j in jobs if not self.cache.contains("release", j["payload"])]
-        if todo and self.env.inner_jobs > 1 and len(todo) > 1:
+        # Ray: every reference model is a task (a cell blocked on them gives its CPU back to Ray);
+        # not on CUDA, where Ray keeps a blocked task's GPU and nested GPU tasks could deadlock.
+        ray_inner = self.env.executor == "ray" and not self.env.device.startswith("cuda")
+        if todo and (self.env.inner_jobs > 1 or ray_inner) and len(todo) > 1:
             from .executors import make_executor
 
-            self.log(f"fitting {len(todo)} reference releases with {self.env.inner_jobs} processes")
             env = Env(**{**self.env.__dict__, "progress": False, "inner_jobs": 1})
-            for _ in make_executor(min(self.env.inner_jobs, len(todo))).imap(
-                    _fit_job, [(j["spec"], env) for j in todo]):
+            if ray_inner:
+                self.log(f"fitting {len(todo)} reference releases as Ray tasks")
+                ex = make_executor(1, "ray", address=self.env.address, device=self.env.device)
+            else:
+                self.log(f"fitting {len(todo)} reference releases with {self.env.inner_jobs} processes")
+                ex = make_executor(min(self.env.inner_jobs, len(todo)))
+            for _ in ex.imap(_fit_job, [(j["spec"], env) for j in todo]):
                 pass
         out = []
         for j in jobs:
@@ -261,6 +272,23 @@ def _fmt_eps(eps: Optional[float]) -> str:
 
 def execute_cell(job: tuple[dict, Env]) -> dict:
     """Run one cell and record it in the store; never raises (failures are recorded)."""
+    r = compute_cell(job)
+    record_result(job[1], r)
+    return r
+
+
+def record_result(env: Env, r: dict) -> None:
+    """Write a :func:`compute_cell` result into the run's store (one transaction)."""
+    store = Store(env.run_dir)
+    try:
+        store.record_cell(**r["record"])
+    finally:
+        store.close()
+
+
+def compute_cell(job: tuple[dict, Env]) -> dict:
+    """Run one cell without touching the store; the result carries the store record
+    (``r["record"]``). Never raises: a failure is part of the result."""
     cell, env = job
     if env.threads:
         torch.set_num_threads(env.threads)
@@ -268,7 +296,6 @@ def execute_cell(job: tuple[dict, Env]) -> dict:
     started = time.time()
     logs: list[str] = []
     cache = Cache(env.cache_dir)
-    store = Store(env.run_dir)
     prov = provenance(env.device)
     metrics: list[tuple[str, str, float]] = []
     artifacts: list[tuple[str, str, str, str]] = []
@@ -323,12 +350,13 @@ def execute_cell(job: tuple[dict, Env]) -> dict:
     except Exception:
         status, error = "failed", traceback.format_exc()
     wall = time.time() - started
-    store.record_cell(cell_key=key, run_id=env.run_id, cell=cell, status=status, split=split, privacy=privacy,
-                      info=info if info is not None else {"logs": logs}, error=error, wall_time=wall,
-                      device=env.device, prov=prov, metrics=metrics, artifacts=artifacts, started=started)
-    store.close()
+    # JSON-safe now (as the store would write it), so the record pickles to any executor's driver
+    info = json.loads(json.dumps(info if info is not None else {"logs": logs}, default=str))
+    record = dict(cell_key=key, run_id=env.run_id, cell=cell, status=status, split=split, privacy=privacy,
+                  info=info, error=error, wall_time=wall,
+                  device=env.device, prov=prov, metrics=metrics, artifacts=artifacts, started=started)
     return {"cell": cell, "key": key, "status": status, "error": error, "metrics": metrics, "privacy": privacy,
-            "wall": wall, "hits": cache.hits, "misses": cache.misses}
+            "wall": wall, "hits": cache.hits, "misses": cache.misses, "record": record}
 
 
 def summary_line(r: dict) -> str:
@@ -351,10 +379,22 @@ def summary_line(r: dict) -> str:
 
 def run_suite(suite: Suite, out: str | Path, *, jobs: int = 1, device: str = "cpu",
               cache_dir: str | Path | None = None, data_dir: str | Path | None = None, argv=None,
-              echo: Callable[[str], None] = print, progress: Optional[bool] = None) -> dict:
-    """Run every cell of ``suite`` not already finished in ``out``; returns counts."""
+              echo: Callable[[str], None] = print, progress: Optional[bool] = None, executor: str = "local",
+              address: Optional[str] = None) -> dict:
+    """Run every cell of ``suite`` not already finished in ``out``; returns counts.
+
+    ``executor``: ``local`` (sequential, or a process pool of ``jobs``) or ``ray`` (one Ray task
+    per cell and per reference model, at ``address`` or on a local Ray instance)."""
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise BenchError("--device cuda was asked for but torch.cuda.is_available() is False")
+    if executor not in ("local", "ray"):
+        raise BenchError(f"unknown executor {executor!r}: choose local or ray")
+    if address and executor != "ray":
+        raise BenchError("--address is the address of a Ray cluster: use it with --executor ray")
+    if executor == "ray":
+        from .executors import _import_ray
+
+        _import_ray()  # one line, before anything is written, when ray is not installed
     root = str(Path(data_dir) if data_dir else data_root())
     # pre-flight: missing data or impossible split sizes are user errors, found before anything is written
     needs_inversion = any(registry.get_attack(c.get("method", a)).kind == "inversion" for a, c in suite.attacks.items())
@@ -377,17 +417,28 @@ def run_suite(suite: Suite, out: str | Path, *, jobs: int = 1, device: str = "cp
     if progress is None:
         progress = sys.stderr.isatty() or bool(os.environ.get("BENCH_PROGRESS"))
     # Parallelism: across cells when there are enough of them, else inside cells (reference models).
-    cell_jobs = jobs if len(todo) >= jobs else 1
+    # Ray schedules both levels itself: every cell is a task, every reference model too.
+    ray = executor == "ray"
+    cell_jobs = jobs if len(todo) >= jobs or ray else 1
     env = Env(str(out), str(Path(cache_dir) if cache_dir else cache_root() / "artifacts"), root, device, run_id,
-              progress=progress and cell_jobs <= 1, inner_jobs=1 if cell_jobs > 1 else jobs)
+              progress=progress and cell_jobs <= 1 and not ray, inner_jobs=1 if cell_jobs > 1 else jobs,
+              executor=executor, address=address)
+    where = f"executor: ray{' at ' + address if address else ' (local instance)'}" if ray else f"jobs: {jobs}"
     echo(f"suite '{suite.name}': {len(cells)} cells, {skipped} already done, {len(todo)} to run "
-         f"(out: {out}, jobs: {jobs}, device: {device})")
-    executor = make_executor(cell_jobs)
+         f"(out: {out}, {where}, device: {device})")
+    if ray:
+        executor = make_executor(cell_jobs, "ray", address=address, device=device)
+    else:
+        executor = make_executor(cell_jobs)
+    # a remote worker computes; the driver records (the run directory need not be reachable there)
+    fn = compute_cell if executor.records_in_driver else execute_cell
     failed = done = 0
     bar = tqdm(total=len(todo), desc=f"suite {suite.name}", disable=not progress, dynamic_ncols=True)
     t0 = time.time()
     try:
-        for i, r in enumerate(executor.imap(execute_cell, [(c, env) for c in todo]), 1):
+        for i, r in enumerate(executor.imap(fn, [(c, env) for c in todo]), 1):
+            if executor.records_in_driver:
+                record_result(env, r)
             bar.update(1)
             done += r["status"] == "done"
             failed += r["status"] != "done"
