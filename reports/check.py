@@ -3,7 +3,9 @@
 A baseline JSON holds, per (dataset, defense, epsilon), the mean of each gated metric and
 whether higher is worse (leakage) or lower is worse (accuracy). The check fails when a leakage
 metric rises above its baseline by more than the tolerance, when accuracy falls below it by
-more than the accuracy tolerance, or when a baseline row is missing from the run.
+more than the accuracy tolerance, when a baseline row is missing from the run, or when an
+audited epsilon exceeds the claimed one in any row of the claimed-vs-audited table
+(:mod:`reports.audit_table`; one ``FAIL AUDIT`` line per flagged row, whatever the baseline).
 """
 
 from __future__ import annotations
@@ -89,5 +91,21 @@ def check_run(run_dir, baseline, leakage_tolerance: float = 0.05, accuracy_toler
             ok &= not bad
             lines.append(f"{'FAIL' if bad else 'ok  '} {row} {name}: {v:.4f} (baseline {bv:.4f}, "
                          f"{b['worse']} is worse, tolerance {tol:g})")
-    lines.append("check passed" if ok else "check FAILED: leakage rose or accuracy fell beyond tolerance")
-    return ok, lines
+    audit_ok, audit_lines = check_audit(run_dir)
+    lines += audit_lines
+    why = ([] if ok else ["leakage rose or accuracy fell beyond tolerance"]) + \
+        ([] if audit_ok else ["an audited epsilon exceeds the claimed epsilon"])
+    lines.append("check passed" if not why else "check FAILED: " + "; ".join(why))
+    return ok and audit_ok, lines
+
+
+def check_audit(run_dir) -> tuple[bool, list[str]]:
+    """(ok, lines): one ``FAIL AUDIT ...`` line per row whose audited eps exceeds its claim."""
+    from .audit_table import audit_table, example_level_claims, flagged_lines
+
+    table = audit_table(load_frame(run_dir), example_level_claims(run_dir))
+    bad = flagged_lines(table)
+    n = int(table["n_bounds"].sum())
+    if bad:
+        return False, [f"FAIL {line}" for line in bad]
+    return True, [f"ok   audit: no audited epsilon above its claim ({n} bounds in {len(table)} rows)"]

@@ -122,6 +122,10 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> list[Pat
                   "(AUC 0.5 = chance). ε is what the accountant recorded, with its privacy unit.\n\n"
                   + disp.to_markdown(index=False) + "\n")
     paths.append(md)
+    # claimed vs audited eps (audit.md/csv); a loud warning line in summary.md when a row is flagged
+    from .audit_table import write_audit_report
+
+    paths += write_audit_report(run_dir, df, out, summary_md=md)
     csv = out / "summary.csv"
     long_table(df).to_csv(csv, index=False)
     paths.append(csv)

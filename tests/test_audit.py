@@ -216,3 +216,86 @@ def test_membership_summary_keys():
     for k in ("eps_lb", "eps_lb_max_certifiable", "eps_lb_one_run", "eps_lb_one_run_max_certifiable"):
         assert 0 <= m[k] and math.isfinite(m[k])
     assert m["eps_lb"] <= m["eps_lb_max_certifiable"]
+
+
+# ------------------------------------------------------------------ claimed vs audited table
+
+def _synthetic_run(run_dir, rows):
+    """A run store with one done cell per ``(defense, seed, privacy, metrics)`` row."""
+    from bench.store import Store
+
+    store = Store(run_dir)
+    for i, (defense, seed, privacy, metrics) in enumerate(rows):
+        eps = privacy["epsilon"] if privacy["epsilon"] is not None else math.inf
+        cell = {"dataset": "digits", "epsilon": eps, "delta": 1e-5, "defense": defense, "seed": seed,
+                "attacks": {}}
+        store.record_cell(cell_key=f"k{i}", run_id="r", cell=cell, status="done", split={}, privacy=privacy,
+                          info={}, error=None, wall_time=1.0, device="cpu", prov={}, metrics=metrics)
+    store.close()
+    return run_dir
+
+
+def _priv(eps, unit="example", accountant="PRV (opacus)", extra=None):
+    return {"epsilon": eps, "delta": 1e-5 if eps is not None else 0.0, "unit": unit, "accountant": accountant,
+            "mechanism": "", "extra": extra or {}}
+
+
+def _base_rows(dpsgd_rmia_eps_lb):
+    return [
+        ("none", 0, _priv(None, "none", "none"), [("utility", "test_acc", 0.9), ("rmia", "eps_lb", 3.0),
+                                                 ("rmia", "eps_lb_max_certifiable", 4.87)]),
+        ("dpsgd", 0, _priv(1.0), [("privacy", "epsilon_spent", 1.0), ("rmia", "eps_lb", 0.0),
+                                  ("rmia", "eps_lb_max_certifiable", 4.87),
+                                  ("one-run-audit", "eps_lb", 0.2), ("one-run-audit", "eps_lb_max_certifiable", 3.1)]),
+        ("dpsgd", 1, _priv(1.0), [("privacy", "epsilon_spent", 1.0), ("rmia", "eps_lb", dpsgd_rmia_eps_lb),
+                                  ("rmia", "eps_lb_max_certifiable", 4.87)]),
+        # query unit with an example-level epsilon (compared with it), and a label unit without one
+        ("dpsd", 0, _priv(1.0, "query", "PLD (dp_accounting)", {"epsilon_example_level": 50.0}),
+         [("privacy", "epsilon_spent", 1.0), ("gen-distance", "eps_lb", 2.5)]),
+        ("dpsd-label", 0, _priv(1.0, "label", "pure DP"), [("privacy", "epsilon_spent", 1.0),
+                                                            ("rmia", "eps_lb", 2.0)]),
+        # metric privacy is not a DP claim
+        ("vae-metric", 0, {**_priv(1.0, "example", "none (metric privacy)"), "delta": 0.0},
+         [("privacy", "epsilon_spent", 1.0), ("rmia", "eps_lb", 2.0)]),
+    ]
+
+
+def test_audit_table_columns_and_comparisons(tmp_path):
+    from reports.audit_table import audit_table, example_level_claims
+    from reports.tables import load_frame
+
+    run = _synthetic_run(tmp_path / "run", _base_rows(0.4))
+    t = audit_table(load_frame(run), example_level_claims(run)).set_index("defense")
+    assert {"claimed_epsilon", "delta", "unit", "accountant", "eps_hat", "eps_max_certifiable", "n_bounds",
+            "audited_exceeds_claim", "eps_hat[rmia]", "eps_hat[one-run-audit]"} <= set(t.columns)
+    assert t.loc["dpsgd", "eps_hat[rmia]"] == 0.4 and t.loc["dpsgd", "eps_hat[one-run-audit]"] == 0.2
+    assert t.loc["dpsgd", "eps_hat"] == 0.4 and t.loc["dpsgd", "n_bounds"] == 3
+    assert t.loc["dpsgd", "eps_max_certifiable"] == 4.87 and t.loc["dpsgd", "claimed_epsilon"] == 1.0
+    assert t.loc["dpsd", "compared_epsilon"] == 50.0  # the example-level epsilon, not the query-unit one
+    assert math.isinf(t.loc["dpsd-label", "compared_epsilon"]) and "label" in t.loc["dpsd-label", "comparison"]
+    assert math.isinf(t.loc["vae-metric", "compared_epsilon"])
+    assert math.isinf(t.loc["none", "claimed_epsilon"])
+    assert not t["audited_exceeds_claim"].any()
+
+
+def test_audit_flag_in_report_and_check(tmp_path, cli):
+    from reports.check import write_baseline
+    from reports.tables import write_report
+
+    ok_run = _synthetic_run(tmp_path / "ok", _base_rows(0.4))
+    bad_run = _synthetic_run(tmp_path / "bad", _base_rows(1.7))  # a 95 % bound above the claimed eps = 1
+    base = write_baseline(ok_run, tmp_path / "base.json")
+    for run, flagged in ((ok_run, False), (bad_run, True)):
+        write_report(run)
+        summary = (run / "report" / "summary.md").read_text()
+        audit_md = (run / "report" / "audit.md").read_text()
+        assert (run / "report" / "audit.csv").exists()
+        assert ("WARNING: AUDITED ε EXCEEDS THE CLAIMED ε" in summary) is flagged
+        assert ("WARNING" in audit_md) is flagged
+        code, out, err = cli("check", run, "--baseline", base)
+        fails = [ln for ln in out.splitlines() if ln.startswith("FAIL AUDIT")]
+        if flagged:
+            assert code == 1 and len(fails) == 1 and "digits/dpsgd/eps=1" in fails[0] and "1.700" in fails[0], out
+            assert "rmia (seed 1)" in fails[0]
+        else:
+            assert code == 0 and not fails, out
