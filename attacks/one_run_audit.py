@@ -49,8 +49,10 @@ class OneRunAuditConfig:
     score: Literal["loss", "logit"] = "loss"
     #: confidence of the bound is 1 - alpha
     alpha: float = 0.05
-    #: (k+, k-) values per side on the geometric guess grid (Bonferroni over all pairs)
-    grid_size: int = 12
+    #: (k+, k-) values per side on the geometric guess grid (Bonferroni over all pairs); a coarse
+    #: grid keeps the correction small: the largest certifiable bound at m = 500, delta = 1e-5 is
+    #: 4.37 with 4 values per side and 3.15 with 12
+    grid_size: int = 4
     canary_seed: int = 0
 
     def validate(self):
