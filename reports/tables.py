@@ -1,13 +1,29 @@
-"""Tables from a run store: rows = (dataset, defense, epsilon), columns = utility and leakage
-metrics as mean ± std over seeds, epsilon shown with its unit, delta and accountant."""
+"""Tables from a run store, each as Markdown, LaTeX (booktabs) and CSV.
+
+* ``summary``: rows = (dataset, defense, epsilon), columns = utility and leakage metrics as
+  mean ± std over seeds, epsilon shown with its unit, delta and accountant.
+* ``accuracy``: the DPSD paper's layout - rows = methods (suite variants), columns = dataset x
+  target epsilon, our test accuracy mean ± std over seeds, and the published numbers of
+  ``reports/published.yaml`` in their own columns, each with its source and caveat.
+* ``membership``: per (dataset, defense, epsilon, attack): AUC, TPR at 0.1 % / 1 % FPR,
+  balanced accuracy, empirical epsilon lower bound.
+* ``inversion``: per (dataset, defense, epsilon, attack): the judge's top-1 / top-2 accuracy over
+  the private classes, top-5 over all classes, the attacker's selected top-1, KNN distance, FID,
+  LPIPS (see ``attacks/_inversion.py``).
+
+``write_report`` writes all of them, the plots (``reports/plots.py``, ``reports/roc.py``,
+``reports/inversion_grid.py``) and one self-contained ``report.html`` (``reports/html.py``).
+"""
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from bench.errors import BenchError
 from bench.store import Store
@@ -50,7 +66,8 @@ def load_frame(run_dir: str | Path) -> pd.DataFrame:
         cfg = json.loads(c["config"])
         target = cfg.get("epsilon")
         meta[c["cell_key"]] = {
-            "dataset": c["dataset"], "defense": c["defense"], "seed": c["seed"],
+            "dataset": c["dataset"], "defense": c["defense"], "method": cfg.get("defense", c["defense"]),
+            "seed": c["seed"],
             "epsilon": "inf" if c["epsilon"] is None else f"{c['epsilon']:g}",
             "target_epsilon": target if isinstance(target, str) else (None if target is None else float(target)),
             "unit": priv.get("unit", "none"), "delta": priv.get("delta"), "accountant": priv.get("accountant", ""),
@@ -111,6 +128,222 @@ def long_table(df: pd.DataFrame) -> pd.DataFrame:
     return g.agg(["mean", "std", "count"]).reset_index()
 
 
+# ------------------------------------------------------------------------------------------------
+# Paper-style tables
+# ------------------------------------------------------------------------------------------------
+
+#: the published numbers shown beside ours (source and caveat per entry)
+PUBLISHED_FILE = Path(__file__).with_name("published.yaml")
+
+#: membership metrics: (metric, label, percent)
+MEMBERSHIP_COLUMNS = [
+    ("auc", "AUC", False),
+    ("tpr_at_0.1%fpr", "TPR@0.1%FPR (%)", True),
+    ("tpr_at_1%fpr", "TPR@1%FPR (%)", True),
+    ("balanced_acc", "balanced acc (%)", True),
+    ("eps_lb", "ε̂ lower bound (95 %)", False),
+]
+#: inversion metrics of attacks/_inversion.py: (metric, label, percent)
+INVERSION_COLUMNS = [
+    ("top1", "attack acc top-1 (%)", True),
+    ("top2", "top-2 (%)", True),
+    ("top5_all", "top-5, all classes (%)", True),
+    ("top1_selected", "selected top-1 (%)", True),
+    ("knn_dist", "KNN dist", False),
+    ("fid", "FID", False),
+    ("lpips", "LPIPS", False),
+]
+
+
+@dataclass
+class Table:
+    """A rendered table: ``display`` (formatted strings, what md/tex/html show), ``data`` (raw
+    numbers, what the CSV holds), a title and notes printed under it."""
+
+    name: str
+    title: str
+    display: pd.DataFrame
+    data: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+
+    def markdown(self) -> str:
+        body = self.display.to_markdown(index=False) if len(self.display) else "_(no rows in this run)_"
+        notes = "".join(f"\n- {n}" for n in self.notes)
+        return f"## {self.title}\n\n{body}\n{notes}\n"
+
+    def write(self, out: Path) -> list[Path]:
+        paths = [out / f"{self.name}.md", out / f"{self.name}.tex", out / f"{self.name}.csv"]
+        paths[0].write_text(self.markdown())
+        paths[1].write_text(latex(self.display, caption=self.title))
+        self.data.to_csv(paths[2], index=False)
+        return paths
+
+
+_LATEX_UNICODE = {"±": r"$\pm$", "ε̂": r"$\hat\varepsilon$", "ε": r"$\varepsilon$", "δ": r"$\delta$",
+                  "∞": r"$\infty$", "—": "---", "≤": r"$\le$", "≥": r"$\ge$"}
+
+
+def latex(disp: pd.DataFrame, caption: str | None = None) -> str:
+    r"""A booktabs tabular (``\toprule``/``\midrule``/``\bottomrule``; needs ``\usepackage{booktabs}``)
+    through pandas' Styler, text escaped, the few symbols we use turned into math."""
+    styler = disp.style.hide(axis="index").format(escape="latex", na_rep="---").format_index(escape="latex", axis=1)
+    if caption:
+        caption = caption.replace("\\", r"\textbackslash{}").replace("%", r"\%").replace("&", r"\&").replace("_", r"\_")
+    tex = styler.to_latex(hrules=True, column_format="l" * len(disp.columns), caption=caption)
+    for k, v in _LATEX_UNICODE.items():
+        tex = tex.replace(k, v)
+    return tex
+
+
+def load_published(path: str | Path | None = None) -> tuple[list[dict], dict]:
+    """(entries, sources) of the published-numbers file; malformed file -> BenchError."""
+    path = Path(path) if path else PUBLISHED_FILE
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise BenchError(f"cannot read the published numbers {path}: {e}") from None
+    sources = data.get("sources") or {}
+    entries = data.get("entries") or []
+    for e in entries:
+        missing = {"method", "dataset", "epsilon", "accuracy", "source", "caveat"} - set(e)
+        if missing or e["source"] not in sources:
+            raise BenchError(f"{path}: entry {e} lacks {sorted(missing) or 'a known source'}")
+    return entries, sources
+
+
+def _eps_num(e: str) -> float:
+    return math.inf if e == "inf" else float(e)
+
+
+def _eps_text(e) -> str:
+    return "∞" if str(e) == "inf" or (isinstance(e, float) and math.isinf(e)) else f"{float(e):g}"
+
+
+def _defense_order(df: pd.DataFrame) -> list[str]:
+    """Non-private rows first (the reference), then the private ones, alphabetically."""
+    units = df.groupby("defense")["unit"].first()
+    return sorted(units.index, key=lambda d: (units[d] != "none", d))
+
+
+def _mean_std(vals: pd.Series) -> tuple[float, float, int]:
+    vals = vals.astype(float).dropna()
+    if not len(vals):
+        return math.nan, math.nan, 0
+    return float(vals.mean()), float(vals.std(ddof=1)) if len(vals) > 1 else 0.0, len(vals)
+
+
+def _cell(m: float, s: float, pct: bool, digits: int = 2) -> str:
+    if m is None or math.isnan(m):
+        return "—"
+    f = 100.0 if pct else 1.0
+    return f"{f * m:.{digits}f} ± {f * s:.{digits}f}"
+
+
+def accuracy_table(df: pd.DataFrame, published: str | Path | None = None) -> Table:
+    """Rows = methods (suite variants), columns = dataset x target epsilon; test accuracy (%) mean
+    ± std over seeds. Non-private methods fill the dataset's ``ε=∞`` column. Published numbers
+    (``published.yaml``) for a (dataset, ε) column of this run stand in their own column, each
+    with its source marker; methods only published get a row of their own."""
+    entries, sources = load_published(published)
+    acc = df[(df.source == "utility") & (df.metric == "test_acc")]
+    methods = _defense_order(df)
+    cols = sorted({(d, e) for d, e in zip(acc["dataset"], acc["epsilon"])}, key=lambda c: (c[0], _eps_num(c[1])))
+    pub = [e for e in entries if (e["dataset"], f"{float(e['epsilon']):g}") in set(cols)]
+    marks: dict[str, int] = {}
+    for e in pub:
+        marks.setdefault(e["source"], len(marks) + 1)
+    method_of = df.groupby("defense")["method"].first().to_dict()
+    unit_of = df.groupby("defense")["unit"].first().to_dict()
+    rows = methods + sorted({e["method"] for e in pub} - set(method_of.values()))
+    deltas = df[df.delta.notna() & (df.unit != "none")].groupby("dataset")["delta"].first().to_dict()
+    disp_rows, data_rows = [], []
+    for r in rows:
+        ran = r in method_of
+        drow = {"method": r if ran else f"{r} (not run)", "privacy unit": unit_of.get(r, "—")}
+        for ds, eps in cols:
+            label = f"{ds} ε={_eps_text(eps)}"
+            vals = acc[(acc.defense == r) & (acc.dataset == ds) & (acc.epsilon == eps)]["value"] if ran else acc.iloc[:0]["value"]
+            m, sd, n = _mean_std(vals)
+            drow[f"{label} (ours, %)"] = _cell(m, sd, True) if n != 1 else f"{100 * m:.2f} (1 seed)"
+            if n:
+                data_rows.append({"method": r, "unit": unit_of[r], "dataset": ds, "epsilon": eps, "kind": "ours",
+                                  "accuracy_mean": 100 * m, "accuracy_std": 100 * sd, "seeds": n,
+                                  "source": "this run", "caveat": ""})
+            if eps == "inf":
+                continue
+            here = [e for e in pub if e["dataset"] == ds and f"{float(e['epsilon']):g}" == eps
+                    and e["method"] == (method_of.get(r, r))]
+            if any(e["dataset"] == ds and f"{float(e['epsilon']):g}" == eps for e in pub):
+                drow[f"{label} (published, %)"] = "; ".join(f"{e['accuracy']:.2f} [{marks[e['source']]}]"
+                                                            for e in here) or "—"
+            for e in here:
+                data_rows.append({"method": r, "unit": unit_of.get(r, ""), "dataset": ds, "epsilon": eps,
+                                  "kind": "published", "accuracy_mean": float(e["accuracy"]), "accuracy_std": math.nan,
+                                  "seeds": math.nan, "source": sources[e["source"]]["cite"], "caveat": e["caveat"]})
+        disp_rows.append(drow)
+    notes = ["Ours: test accuracy on the official test split, mean ± std over seeds; ε is the target budget "
+             "(δ " + ", ".join(f"{d}: {v:g}" for d, v in sorted(deltas.items())) + "), in each method's own "
+             "privacy unit (example, label, query): equal ε in different units is not equal privacy. The ε each "
+             "accountant recorded is in the summary table."
+             if deltas else "Ours: test accuracy on the official test split, mean ± std over seeds."]
+    for src, k in marks.items():
+        notes.append(f"[{k}] {sources[src]['cite']}.")
+    for e in pub:
+        notes.append(f"Published {e['method']}, {e['dataset']}, ε={float(e['epsilon']):g} "
+                     f"({e['accuracy']:.2f} %, [{marks[e['source']]}]): {e['caveat']}")
+    return Table("accuracy", "Test accuracy (%): ours vs published", pd.DataFrame(disp_rows), pd.DataFrame(data_rows),
+                 notes)
+
+
+def _attack_table(df: pd.DataFrame, name: str, title: str, columns: list, key_metric: str, notes: list[str]) -> Table:
+    """Rows = (dataset, defense, ε, attack) for the attacks that report ``key_metric``."""
+    attacks = sorted(df[df.metric == key_metric]["source"].unique())
+    sub = df[df.source.isin(attacks)]
+    order = {d: i for i, d in enumerate(_defense_order(df))}
+    keys = sorted({(d, f, e, a) for d, f, e, a in zip(sub.dataset, sub.defense, sub.epsilon, sub.source)},
+                  key=lambda k: (k[0], order[k[1]], _eps_num(k[2]), k[3]))
+    disp_rows, data_rows = [], []
+    for ds, dfn, eps, att in keys:
+        g = sub[(sub.dataset == ds) & (sub.defense == dfn) & (sub.epsilon == eps) & (sub.source == att)]
+        drow = {"dataset": ds, "defense": dfn, "ε": _eps_text(eps), "unit": g["unit"].iloc[0], "attack": att,
+                "seeds": int(g["seed"].nunique())}
+        for metric, label, pct in columns:
+            mg = g[g.metric == metric]["value"]
+            if not len(mg):
+                continue
+            m, sd, n = _mean_std(mg)
+            drow[label] = _cell(m, sd, pct, 2 if pct else 3) if n != 1 else f"{(100 if pct else 1) * m:.{2 if pct else 3}f}"
+            data_rows.append({"dataset": ds, "defense": dfn, "epsilon": eps, "unit": drow["unit"], "attack": att,
+                              "metric": metric, "mean": m, "std": sd, "count": n})
+        disp_rows.append(drow)
+    disp = pd.DataFrame(disp_rows)
+    if len(disp):
+        disp = disp.fillna("—")
+    return Table(name, title, disp, pd.DataFrame(data_rows), notes)
+
+
+def membership_table(df: pd.DataFrame) -> Table:
+    return _attack_table(df, "membership", "Membership inference leakage", MEMBERSHIP_COLUMNS, "auc", [
+        "Mean ± std over seeds. AUC 0.5 and balanced accuracy 50 % are chance; TPR at a low FPR is the "
+        "attack's reliability on its most confident guesses (Carlini et al., S&P 2022).",
+        "ε̂: empirical lower bound on ε at 95 % confidence from the attack's guesses (bench/audit.py); "
+        "0 = nothing certified."])
+
+
+def inversion_table(df: pd.DataFrame) -> Table:
+    return _attack_table(df, "inversion", "Model inversion leakage", INVERSION_COLUMNS, "top1", [
+        "Mean ± std over seeds. Attack accuracy: an independent evaluation classifier's top-1 / top-2 over the "
+        "private classes (chance 1/K), top-5 over all its classes, and the attacker's own pick per class "
+        "(GMI's rule); higher = more leakage.",
+        "KNN dist: squared L2 in the evaluator's features to the nearest private member of the target class; FID: "
+        "reconstructions vs private members in the evaluator's features; LPIPS to that nearest member: lower = "
+        "more leakage. — = not computed."])
+
+
+def paper_tables(df: pd.DataFrame, published: str | Path | None = None) -> list[Table]:
+    return [accuracy_table(df, published), membership_table(df), inversion_table(df)]
+
+
 def write_report(run_dir: str | Path, out: str | Path | None = None) -> list[Path]:
     df = load_frame(run_dir)
     out = Path(out) if out else Path(run_dir) / "report"
@@ -130,12 +363,19 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> list[Pat
     long_table(df).to_csv(csv, index=False)
     paths.append(csv)
     tex = out / "summary.tex"
-    tex.write_text(disp.to_latex(index=False, escape=True, column_format="l" * len(disp.columns))
-                   .replace("±", "$\\pm$"))
+    tex.write_text(latex(disp, caption="Every metric, mean ± std over seeds"))
     paths.append(tex)
-    from .inversion_grid import write_grids
-    from .roc import plot_run
+    # paper-style tables, each as .md/.tex/.csv
+    tables = paper_tables(df)
+    for t in tables:
+        paths += t.write(out)
+    from .html import write_html
+    from .plots import render_figures
 
-    paths += plot_run(run_dir, out / "roc")
-    paths += write_grids(run_dir, out / "inversion")
+    # curves, ROC per cell, combined inversion grids (captions) and per-cell mosaics
+    figs = render_figures(run_dir, out, df)
+    plots, roc, grids = figs["plots"], figs["roc"], figs["grids"]
+    paths += plots + roc + grids
+    # one self-contained page holding all of the above
+    paths.append(write_html(run_dir, out, summary=disp, tables=tables, plots=plots, roc=roc, grids=grids, frame=df))
     return paths

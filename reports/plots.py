@@ -1,0 +1,241 @@
+"""Privacy-utility and privacy-leakage curves of a run (matplotlib, Agg, no pyplot state).
+
+* ``accuracy_vs_eps_<dataset>.png``: test accuracy against the target ε, a line per defense with
+  error bars = std over seeds; a non-private defense (ε = ∞) is a horizontal line with a band of
+  ± one std.
+* ``leakage_vs_eps_<dataset>.png``: one panel per attack - membership attacks their AUC,
+  inversion attacks the judge's top-1 attack accuracy - same layout.
+
+The ε axis is logarithmic when the grid spans more than a factor of 4. Epsilons are the cells'
+targets; each defense's privacy unit is in the legend, since equal ε in different units is not
+equal privacy.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .tables import _defense_order
+
+#: which metric of an attack is plotted against ε, and how it is labelled
+LEAKAGE_METRICS = [("auc", "membership AUC", 0.5), ("top1", "inversion attack acc top-1", None)]
+
+
+def _figure(n_panels: int):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    cols = min(n_panels, 3)
+    rows = math.ceil(n_panels / cols)
+    fig = Figure(figsize=(4.6 * cols + 1.8, 3.6 * rows))
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(rows, cols, squeeze=False).ravel()
+
+
+def _curves(ax, g: pd.DataFrame, order: list[str], ylabel: str, chance: float | None = None,
+            scale: float = 1.0) -> bool:
+    """Draw one panel: a line per defense of ``g`` (rows: defense, unit, epsilon, seed, value)."""
+    private = g[g.epsilon != "inf"]
+    eps = sorted({float(e) for e in private.epsilon})
+    drew = False
+    for i, d in enumerate(o for o in order if o in set(g.defense)):
+        dg = g[g.defense == d]
+        unit = dg["unit"].iloc[0]
+        color = f"C{i % 10}"
+        stats = dg.groupby("epsilon")["value"].agg(["mean", "std", "count"]).reset_index()
+        stats["std"] = stats["std"].fillna(0.0)
+        if unit == "none" or (stats.epsilon == "inf").all():
+            m, s = scale * stats["mean"].iloc[0], scale * stats["std"].iloc[0]
+            ax.axhline(m, color=color, ls="--", lw=1.2, label=f"{d} (ε=∞)")
+            ax.axhspan(m - s, m + s, color=color, alpha=0.12, lw=0)
+        else:
+            stats = stats[stats.epsilon != "inf"].assign(x=lambda t: t.epsilon.astype(float)).sort_values("x")
+            ax.errorbar(stats.x, scale * stats["mean"], yerr=scale * stats["std"], color=color, marker="o", ms=4,
+                        capsize=3, lw=1.4, label=f"{d} ({unit})")
+        drew = True
+    if chance is not None:
+        ax.axhline(scale * chance, color="k", ls=":", lw=0.8, label="chance")
+    if eps:
+        if eps[-1] / eps[0] > 4:
+            ax.set_xscale("log")
+        pad = 0.3 * (eps[-1] - eps[0]) or 0.5 * eps[0]
+        ax.set_xlim((eps[0] / 1.6, eps[-1] * 1.6) if ax.get_xscale() == "log" else (eps[0] - pad, eps[-1] + pad))
+        ax.set_xticks(eps)
+        ax.set_xticklabels([f"{e:g}" for e in eps])
+    ax.set(xlabel="target ε", ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    return drew
+
+
+def accuracy_plot(df: pd.DataFrame, dataset: str, path: Path) -> Path | None:
+    g = df[(df.dataset == dataset) & (df.source == "utility") & (df.metric == "test_acc")]
+    if not len(g):
+        return None
+    fig, axes = _figure(1)
+    _curves(axes[0], g, _defense_order(df), "test accuracy (%)", scale=100.0)
+    axes[0].set_title(f"{dataset}: accuracy vs ε (mean ± std over seeds)", fontsize=10)
+    axes[0].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def leakage_plot(df: pd.DataFrame, dataset: str, path: Path) -> Path | None:
+    d = df[df.dataset == dataset]
+    panels = []
+    for metric, label, chance in LEAKAGE_METRICS:
+        for attack in sorted(d[d.metric == metric]["source"].unique()):
+            panels.append((attack, metric, label, chance))
+    if not panels:
+        return None
+    fig, axes = _figure(len(panels))
+    order = _defense_order(df)
+    for ax, (attack, metric, label, chance) in zip(axes, panels):
+        g = d[(d.source == attack) & (d.metric == metric)]
+        _curves(ax, g, order, label, chance)
+        ax.set_title(f"{attack}", fontsize=10)
+    for ax in axes[len(panels):]:
+        ax.set_axis_off()
+    axes[len(panels) - 1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.suptitle(f"{dataset}: leakage vs ε (mean ± std over seeds)", fontsize=11)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def write_plots(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
+    """Accuracy-vs-ε and leakage-vs-ε figures, one of each per dataset of the run frame ``df``
+    (:func:`reports.tables.load_frame`)."""
+    out = Path(out_dir)
+    paths = []
+    for ds in sorted(df.dataset.unique()):
+        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in ds)
+        for p in (accuracy_plot(df, ds, out / f"accuracy_vs_eps_{safe}.png"),
+                  leakage_plot(df, ds, out / f"leakage_vs_eps_{safe}.png")):
+            if p is not None:
+                paths.append(p)
+    return paths
+
+
+# ------------------------------------------------------------------------------------------------
+# Per-cell inversion grids as plain image mosaics (no matplotlib layout: milliseconds per cell,
+# so a run with a hundred cell x attack pairs still renders in seconds). The combined grids of
+# reports/inversion_grid.py keep their captions.
+# ------------------------------------------------------------------------------------------------
+
+_GREEN = np.array([0.17, 0.63, 0.17], dtype=np.float32)
+_RED = np.array([0.84, 0.15, 0.16], dtype=np.float32)
+
+
+def cell_mosaic(images: np.ndarray, path: str | Path, *, eval_pred=None, max_rows: int = 10, scale: int = 2,
+                border: int = 2) -> Path:
+    """``images`` (K, N, C, H, W) in [0, 1] as one RGB PNG: columns = the K target classes, rows =
+    the first ``max_rows`` restarts / samples, each tile framed green when the judge's prediction
+    ``eval_pred[k, n]`` is the target class ``k``, red when not, grey when unknown; pixels
+    upscaled ``scale`` times (nearest)."""
+    images = np.asarray(images, dtype=np.float32)
+    if images.ndim == 4:
+        images = images[:, None]
+    if images.ndim != 5:
+        raise ValueError(f"images must be (K, N, C, H, W), got shape {images.shape}")
+    k, n, c, h, w = images.shape
+    rows = max(1, min(n, max_rows))
+    th, tw = h * scale + 2 * border, w * scale + 2 * border
+    canvas = np.ones((rows * th + (rows + 1) * border, k * tw + (k + 1) * border, 3), dtype=np.float32)
+    for r in range(rows):
+        for col in range(k):
+            img = np.clip(images[col, r], 0, 1)
+            rgb = np.repeat(img, 3, 0) if c == 1 else img[:3]
+            rgb = np.transpose(rgb, (1, 2, 0)).repeat(scale, 0).repeat(scale, 1)
+            frame = np.full((th, tw, 3), 0.6, dtype=np.float32)
+            if eval_pred is not None:
+                frame[:] = _GREEN if int(np.asarray(eval_pred)[col, r]) == col else _RED
+            frame[border:border + h * scale, border:border + w * scale] = rgb
+            y, x = border + r * (th + border), border + col * (tw + border)
+            canvas[y:y + th, x:x + tw] = frame
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    import matplotlib.image
+
+    matplotlib.image.imsave(path, canvas)
+    return path
+
+
+def write_cell_mosaics(run_dir: str | Path, out_dir: str | Path, *, max_rows: int = 10) -> list[Path]:
+    """One mosaic per finished cell and inversion attack of ``run_dir`` (the arrays the attack
+    cached: ``images``, ``eval_pred``), named like reports/inversion_grid.py's per-cell grids."""
+    from bench.store import Store
+
+    from .inversion_grid import _load_arrays, _safe
+
+    store = Store(run_dir, create=False)
+    try:
+        cells = {c["cell_key"]: c for c in store.cells("done")}
+        arts = store.query("SELECT cell_key, name, path FROM artifacts WHERE name LIKE 'attack:%' ORDER BY name")
+    finally:
+        store.close()
+    paths = []
+    for a in arts:
+        cell = cells.get(a["cell_key"])
+        arrays = None if cell is None else _load_arrays(Path(a["path"]))
+        if arrays is None:
+            continue
+        eps = cell["epsilon"]
+        name = (f"{_safe(cell['dataset'])}_{_safe(cell['defense'])}_eps{'inf' if eps is None else f'{eps:g}'}"
+                f"_seed{cell['seed']}_{_safe(a['name'].split(':', 1)[1])}.png")
+        paths.append(cell_mosaic(arrays["images"], Path(out_dir) / name, eval_pred=arrays.get("eval_pred"),
+                                 max_rows=max_rows))
+    return sorted(paths)
+
+
+# ------------------------------------------------------------------------------------------------
+# Every figure of a report, in parallel when there are many
+# ------------------------------------------------------------------------------------------------
+
+def _roc_chunk(jobs: list) -> list[Path]:
+    from .roc import plot_roc
+
+    return [plot_roc(curves, path, title=title) for curves, path, title in jobs]
+
+
+def render_figures(run_dir: str | Path, out: str | Path, df: pd.DataFrame, *, workers: int | None = None,
+                   parallel_from: int = 12) -> dict[str, list[Path]]:
+    """All figures of ``bench report``: ``plots`` (accuracy / leakage vs ε), ``roc`` (one
+    linear + log-log ROC figure per cell, reports/roc.py), ``grids`` (combined inversion grids of
+    reports/inversion_grid.py, then the per-cell mosaics). Matplotlib layout dominates the cost
+    of a large run, so with ``parallel_from`` or more ROC figures the ROC figures and the combined
+    grids are drawn by a pool of ``workers`` spawned processes (default: the CPU count, at most 4)
+    while this process draws the rest; the output is the same either way."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from .inversion_grid import write_grids
+    from .roc import load_run_curves
+
+    out = Path(out)
+    cells = sorted(load_run_curves(run_dir).values(), key=lambda c: c["stem"])
+    roc_jobs = [(dict(sorted(c["curves"].items())), out / "roc" / f"{c['stem']}.png", c["title"]) for c in cells]
+    workers = workers or min(4, os.cpu_count() or 1)
+    if workers <= 1 or len(roc_jobs) < parallel_from:
+        roc = _roc_chunk(roc_jobs)
+        grids = write_grids(run_dir, out / "inversion", per_cell=False)
+        plots = write_plots(df, out / "plots")
+    else:
+        import multiprocessing as mp
+
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+            grids_f = pool.submit(write_grids, run_dir, out / "inversion", per_cell=False)
+            size = max(1, math.ceil(len(roc_jobs) / (4 * workers)))
+            roc_f = [pool.submit(_roc_chunk, roc_jobs[i:i + size]) for i in range(0, len(roc_jobs), size)]
+            plots = write_plots(df, out / "plots")
+            mosaics = write_cell_mosaics(run_dir, out / "inversion" / "cells")
+            roc = [p for f in roc_f for p in f.result()]
+            grids = grids_f.result() + mosaics
+        return {"plots": plots, "roc": roc, "grids": grids}
+    return {"plots": plots, "roc": roc, "grids": grids + write_cell_mosaics(run_dir, out / "inversion" / "cells")}
