@@ -80,6 +80,13 @@ def audit_section(run_dir: str | Path, frame: pd.DataFrame) -> tuple[str, list[s
         "certify. Compared only with example-level claims (docs/methods/audit.md)."]
 
 
+def _when(t) -> str:
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(t)))
+    except (TypeError, ValueError):
+        return str(t)
+
+
 def _run_meta(run_dir: str | Path) -> tuple[str, list[dict]]:
     store = Store(run_dir, create=False)
     try:
@@ -96,7 +103,7 @@ def _run_meta(run_dir: str | Path) -> tuple[str, list[dict]]:
     wall = sum(c["wall_time"] or 0 for c in cells)
     lines = [
         f"suite(s): {', '.join(suites) or '?'}; {len(runs)} invocation(s), last started "
-        f"{runs[-1]['started'] if runs else '?'}",
+        f"{_when(runs[-1]['started']) if runs else '?'}",
         f"cells: {done} done, {len(failed)} not done; compute time of the recorded cells {wall / 60:.1f} min; "
         f"device(s): {', '.join(sorted({c['device'] or '?' for c in cells}))}",
         f"code: git {p.get('git_sha') or 'unknown'}; " + ", ".join(f"{k} {v}" for k, v in sorted((p.get('versions') or {}).items())),
