@@ -71,7 +71,7 @@ def _comparison(unit: str, accountant: str, claimed: float, key: tuple, example_
     if unit == "none" or not math.isfinite(claimed):
         return math.inf, "not compared: not private (epsilon = inf)"
     if str(accountant).strip().lower().startswith("none"):
-        return math.inf, f"not compared: no DP accountant ({accountant})"
+        return math.inf, "not compared: the accountant is 'none' (not a DP claim)"
     if unit == "example":
         return claimed, "example-level claim"
     if key in example_claims and math.isfinite(example_claims[key]):
