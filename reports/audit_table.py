@@ -20,8 +20,11 @@ largest bound those sample sizes could certify (``eps_lb_max_certifiable``).
 
 Multiplicity: each bound holds with probability 95 % on its own; a row with ``n_bounds`` bounds
 (attacks x seeds) whose claim is true is flagged with probability at most ``n_bounds`` x 5 % (union
-bound). A flag is therefore evidence to re-audit that cell (fresh seeds, a held-out attack), not
-a proof on its own when ``n_bounds`` is large; ``n_bounds`` is in the table.
+bound). :func:`familywise_bounds` therefore recomputes every bound of a row from the stored
+scores at ``alpha / n_bounds`` (Bonferroni; the same procedure, a smaller alpha):
+``eps_hat_familywise`` holds for all of the row's bounds at once with probability 95 %, and
+``exceeds_claim_familywise`` is the flag a reader can take as statistically significant. It is
+NaN / None where the cached attack arrays are gone.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ _NOT_AUDITS = ("utility", "privacy", "inversion-target")
 
 AUDIT_COLUMNS = ["dataset", "defense", "epsilon", "claimed_epsilon", "delta", "unit", "accountant",
                  "compared_epsilon", "comparison", "eps_hat", "eps_hat_source", "eps_max_certifiable",
-                 "n_bounds", "audited_exceeds_claim"]
+                 "n_bounds", "audited_exceeds_claim", "eps_hat_familywise", "exceeds_claim_familywise"]
 
 
 def _key(dataset, defense, epsilon) -> tuple:
@@ -67,6 +70,59 @@ def example_level_claims(run_dir) -> dict[tuple, float]:
     return out
 
 
+def familywise_bounds(run_dir, alpha: float = 0.05) -> dict[tuple, float]:
+    """{(dataset, defense, epsilon label): the largest of the row's bounds recomputed at
+    ``alpha / K``} where K = the row's number of bounds (every attack that reported ``eps_lb``, every
+    seed), from the scores and labels cached with each attack result (float32 copies of the
+    scores the attack used). Rows with a missing array are left out."""
+    from attacks.one_run_audit import OneRunAuditConfig
+    from bench.audit import eps_lower_bound, one_run_eps_lower_bound
+
+    from .tables import open_run
+
+    store = open_run(run_dir)
+    try:
+        rows = store.query(
+            "SELECT c.cell_key, c.dataset, c.defense, c.epsilon, c.seed, c.delta AS cell_delta, c.privacy, "
+            "c.config, a.name, a.path FROM artifacts a JOIN cells c USING (cell_key) "
+            "JOIN metrics m ON m.cell_key = c.cell_key AND m.source = substr(a.name, 8) AND m.name = 'eps_lb' "
+            "WHERE c.status = 'done' AND a.kind = 'attack' AND a.name LIKE 'attack:%'")
+    finally:
+        store.close()
+    groups: dict[tuple, list] = {}
+    for r in rows:
+        k = _key(r["dataset"], r["defense"], "inf" if r["epsilon"] is None else f"{r['epsilon']:g}")
+        groups.setdefault(k, []).append(r)
+    out: dict[tuple, float] = {}
+    for k, rs in groups.items():
+        a = alpha / len(rs)
+        best, complete = 0.0, True
+        for r in rs:
+            f = Path(r["path"]) / "arrays.npz"
+            if not f.exists():
+                complete = False
+                break
+            with np.load(f, allow_pickle=False) as z:
+                if "array.scores" not in z.files or "array.labels" not in z.files:
+                    complete = False
+                    break
+                scores = z["array.scores"].astype(np.float64)
+                labels = z["array.labels"].astype(bool)
+            priv = json.loads(r["privacy"] or "{}") or {}
+            delta = float(priv["delta"]) if priv.get("delta") else float(r["cell_delta"])
+            aname = r["name"].split(":", 1)[1]
+            acfg = (json.loads(r["config"]).get("attacks") or {}).get(aname) or {}
+            if acfg.get("method", aname) == "one-run-audit":
+                grid = int(acfg.get("grid_size", OneRunAuditConfig.grid_size))
+                e = one_run_eps_lower_bound(scores, labels, alpha=a, delta=delta, grid_size=grid).eps_lb
+            else:
+                e = eps_lower_bound(scores[labels], scores[~labels], alpha=a, delta=delta, seed=int(r["seed"])).eps_lb
+            best = max(best, float(e))
+        if complete:
+            out[k] = best
+    return out
+
+
 def _comparison(unit: str, accountant: str, claimed: float, key: tuple, example_claims: dict) -> tuple[float, str]:
     if unit == "none" or not math.isfinite(claimed):
         return math.inf, "not compared: not private (epsilon = inf)"
@@ -79,13 +135,16 @@ def _comparison(unit: str, accountant: str, claimed: float, key: tuple, example_
     return math.inf, f"not compared: the claim's unit is '{unit}' (no example-level epsilon recorded)"
 
 
-def audit_table(df: pd.DataFrame, example_claims: dict | None = None) -> pd.DataFrame:
+def audit_table(df: pd.DataFrame, example_claims: dict | None = None,
+                familywise: dict | None = None) -> pd.DataFrame:
     """The claimed-vs-audited table from a run's metrics frame (:func:`reports.tables.load_frame`).
 
     Columns: :data:`AUDIT_COLUMNS`, then one ``eps_hat[<attack>]`` column per audit (largest over
     seeds, NaN where that attack did not run on the row). Rows without any bound are kept (their
-    ``eps_hat`` is NaN and they are never flagged)."""
+    ``eps_hat`` is NaN and they are never flagged). ``familywise``: :func:`familywise_bounds`
+    (optional; without it the family-wise columns are NaN / None)."""
     example_claims = example_claims or {}
+    familywise = familywise or {}
     need = {"dataset", "defense", "epsilon", "seed", "unit", "delta", "accountant", "source", "metric", "value"}
     missing = need - set(df.columns)
     if missing:
@@ -121,9 +180,21 @@ def audit_table(df: pd.DataFrame, example_claims: dict | None = None) -> pd.Data
                     "eps_max_certifiable": ceiling if math.isfinite(ceiling) else float("nan"),
                     "n_bounds": n_bounds,
                     "audited_exceeds_claim": bool(n_bounds and math.isfinite(compared) and best > compared)})
+        fwv = familywise.get(_key(ds, d, eps))
+        row["eps_hat_familywise"] = float("nan") if fwv is None or not n_bounds else float(fwv)
+        row["exceeds_claim_familywise"] = (None if fwv is None or not n_bounds
+                                           else bool(math.isfinite(compared) and fwv > compared))
         rows.append(row)
     cols = AUDIT_COLUMNS + [f"eps_hat[{s}]" for s in audits]
     return pd.DataFrame(rows, columns=cols)
+
+
+def _familywise_note(r) -> str:
+    if r.exceeds_claim_familywise is None:
+        return f"family-wise check unavailable (cached scores missing), {r.n_bounds} bounds in the row"
+    verdict = "still exceeds" if r.exceeds_claim_familywise else "does NOT exceed"
+    return (f"family-wise over the row's {r.n_bounds} bounds (Bonferroni): eps_hat = {r.eps_hat_familywise:.3f}, "
+            f"{verdict} the claim")
 
 
 def flagged_lines(table: pd.DataFrame) -> list[str]:
@@ -132,11 +203,13 @@ def flagged_lines(table: pd.DataFrame) -> list[str]:
     for r in table[table["audited_exceeds_claim"]].itertuples(index=False):
         out.append(f"AUDIT {r.dataset}/{r.defense}/eps={r.epsilon}: audited eps_hat = {r.eps_hat:.3f} "
                    f"({r.eps_hat_source}, 95 %) > claimed {r.compared_epsilon:.3g} "
-                   f"({r.unit}, delta={r.delta:g}, {r.accountant}; {r.comparison})")
+                   f"({r.unit}, delta={r.delta:g}, {r.accountant}; {r.comparison}); {_familywise_note(r)}")
     return out
 
 
 def _fmt(v) -> str:
+    if v is None:
+        return "—"
     if isinstance(v, (bool, np.bool_)):
         return "**YES**" if v else "no"
     if isinstance(v, float):
@@ -161,7 +234,7 @@ def write_audit_report(run_dir, df: pd.DataFrame, out, summary_md: Path | None =
     """Write ``audit.md`` and ``audit.csv`` into ``out``; when a row is flagged, put the warning
     line at the top of ``summary_md`` too. Returns the paths written."""
     out = Path(out)
-    table = audit_table(df, example_level_claims(run_dir))
+    table = audit_table(df, example_level_claims(run_dir), familywise_bounds(run_dir))
     csv = out / "audit.csv"
     table.to_csv(csv, index=False)
     disp = table.copy()
@@ -171,7 +244,8 @@ def write_audit_report(run_dir, df: pd.DataFrame, out, summary_md: Path | None =
     md = out / "audit.md"
     md.write_text("# Claimed vs audited ε\n\n" + (warn + "\n\n" if warn else "")
                   + "ε̂: empirical lower bounds at 95 % (largest over seeds), beside the largest bound the "
-                  "sample sizes could certify. Compared only with example-level claims (see "
+                  "sample sizes could certify; `eps_hat_familywise`: all of a row's bounds at once at 95 % "
+                  "(Bonferroni over `n_bounds`). Compared only with example-level claims (see "
                   "docs/methods/audit.md).\n\n" + disp.to_markdown(index=False) + "\n")
     if warn and summary_md is not None and Path(summary_md).exists():
         text = Path(summary_md).read_text()

@@ -101,9 +101,9 @@ def check_run(run_dir, baseline, leakage_tolerance: float = 0.05, accuracy_toler
 
 def check_audit(run_dir) -> tuple[bool, list[str]]:
     """(ok, lines): one ``FAIL AUDIT ...`` line per row whose audited eps exceeds its claim."""
-    from .audit_table import audit_table, example_level_claims, flagged_lines
+    from .audit_table import audit_table, example_level_claims, familywise_bounds, flagged_lines
 
-    table = audit_table(load_frame(run_dir), example_level_claims(run_dir))
+    table = audit_table(load_frame(run_dir), example_level_claims(run_dir), familywise_bounds(run_dir))
     bad = flagged_lines(table)
     n = int(table["n_bounds"].sum())
     if bad:

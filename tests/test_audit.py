@@ -276,6 +276,13 @@ def test_audit_table_columns_and_comparisons(tmp_path):
     assert math.isinf(t.loc["vae-metric", "compared_epsilon"])
     assert math.isinf(t.loc["none", "claimed_epsilon"])
     assert not t["audited_exceeds_claim"].any()
+    assert t["eps_hat_familywise"].isna().all() and t["exceeds_claim_familywise"].isna().all()
+    # with family-wise bounds supplied, the flag columns follow them
+    fw = {("digits", "dpsgd", "1"): 1.2, ("digits", "none", "inf"): 2.0}
+    t2 = audit_table(load_frame(run), example_level_claims(run), fw).set_index("defense")
+    assert bool(t2.loc["dpsgd", "exceeds_claim_familywise"]) and t2.loc["dpsgd", "eps_hat_familywise"] == 1.2
+    flag = t2.loc["none", "exceeds_claim_familywise"]
+    assert flag is not None and not flag  # not private: never compared
 
 
 def test_audit_flag_in_report_and_check(tmp_path, cli):
@@ -297,5 +304,6 @@ def test_audit_flag_in_report_and_check(tmp_path, cli):
         if flagged:
             assert code == 1 and len(fails) == 1 and "digits/dpsgd/eps=1" in fails[0] and "1.700" in fails[0], out
             assert "rmia (seed 1)" in fails[0]
+            assert "family-wise check unavailable" in fails[0]  # a synthetic store has no cached scores
         else:
             assert code == 0 and not fails, out

@@ -175,3 +175,12 @@ def test_suite_end_to_end_with_dpsd(tmp_path):
         assert not any(k[0] == "none" and k[1] == a for k in got)
     assert 0 <= got[("dpsd", "gen-utility", "p2")] <= 1
     assert ("dpsd", "gen-utility", "p1_minus_p2") in got
+    # family-wise bounds: recomputed from the cached scores at alpha / K; with alpha = K x 5 % they
+    # are the stored 95 % bounds again (K = 2 bounds in the dpsd row, none in the skipped none row)
+    from reports.audit_table import familywise_bounds
+
+    fw = familywise_bounds(tmp_path / "run", alpha=0.1)
+    stored = max(got[("dpsd", a, "eps_lb")] for a in ("gen-distance", "gen-classifier"))
+    assert fw[("digits", "dpsd", "1")] == pytest.approx(stored, abs=1e-6)
+    assert ("digits", "none", "inf") not in fw
+    assert familywise_bounds(tmp_path / "run")[("digits", "dpsd", "1")] <= stored + 1e-9

@@ -129,6 +129,16 @@ def test_end_to_end_through_the_runner(tmp_path):
         assert got[(d, "m")] == 150
     assert got[("dpsgd", "eps_lb")] <= 1.0  # below the accountant's claim
     assert got[("dpsgd", "audited_model_epsilon")] == pytest.approx(1.0, abs=0.05)
+    # the family-wise recomputation from the cached arrays reproduces the stored bound (K = 1 per row)
+    from reports.audit_table import audit_table, familywise_bounds
+    from reports.tables import load_frame
+
+    fw = familywise_bounds(tmp_path / "run")
+    for d in ("none", "dpsgd"):
+        assert fw[("digits", d, "inf" if d == "none" else "1")] == pytest.approx(got[(d, "eps_lb")], abs=1e-6)
+    t = audit_table(load_frame(tmp_path / "run"), familywise=fw).set_index("defense")
+    flag = t.loc["dpsgd", "exceeds_claim_familywise"]
+    assert flag is not None and not flag and t.loc["dpsgd", "n_bounds"] == 1
     # a second run of another suite on the same cells reuses the cached canary refit
     res2 = run_suite(suite, tmp_path / "run2", **kw)
     assert res2["failed"] == 0 and res2["done"] == 2
