@@ -81,7 +81,8 @@ def plot_roc(curves, path, *, title: str | None = None, dpi: int = 120) -> Path:
     ax_log.legend(fontsize=7, loc="lower right")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    # fixed margins: tight_layout measured about half of a large report's CPU time
+    fig.subplots_adjust(left=0.06, right=0.985, bottom=0.11, top=0.86 if title else 0.92, wspace=0.2)
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path

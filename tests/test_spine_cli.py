@@ -489,12 +489,13 @@ def test_report_writes_md_csv_tex_with_mean_and_std(cli, finished_run, tmp_path)
     code, o, e = cli("report", finished_run["out"], "--out", out)
     assert code == 0, e
     paths = [Path(p) for p in o.split()]
-    tables = [p for p in paths if p.parent == out]
-    plots = [p for p in paths if p.parent != out]
-    assert sorted(p.name for p in tables) == ["summary.csv", "summary.md", "summary.tex"]
+    tables = {p.name for p in paths if p.parent == out}
+    expected = {f"{t}.{ext}" for t in ("summary", "accuracy", "membership") for ext in ("md", "csv", "tex")}
+    assert expected | {"audit.md", "audit.csv", "report.html"} <= tables, sorted(tables)
     # one ROC figure (linear + log-log panels) per finished cell with a membership attack
-    assert len(plots) == len(store_rows(finished_run["out"], "SELECT cell_key FROM cells WHERE status='done'"))
-    assert all(p.parent == out / "roc" and p.suffix == ".png" for p in plots)
+    roc = [p for p in paths if p.parent == out / "roc"]
+    assert len(roc) == len(store_rows(finished_run["out"], "SELECT cell_key FROM cells WHERE status='done'"))
+    assert all(p.suffix == ".png" for p in roc)
     assert all(p.stat().st_size > 0 for p in paths)
     acc = {}
     for r in store_rows(finished_run["out"], "SELECT c.defense, m.value FROM metrics m JOIN cells c "
