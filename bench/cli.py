@@ -124,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", help="output directory (default RUN_DIR/report)")
     rep.set_defaults(func=_cmd_report)
 
-    ch = sub.add_parser("check", help="fail when leakage rises or accuracy falls against a baseline")
+    ch = sub.add_parser("check", help="fail when leakage rises or accuracy falls against a baseline, "
+                                          "or when an audited epsilon exceeds a claimed one")
     ch.add_argument("run_dir")
     ch.add_argument("--baseline", required=True, help="baseline JSON file")
     ch.add_argument("--tolerance", type=float, default=0.05,
