@@ -48,13 +48,25 @@ class DAFLGenerator(nn.Module):
     Conv3x3(w, w) BN(eps 0.8) LeakyReLU(0.2) -> Up x2 -> Conv3x3(w, w/2) BN(eps 0.8) LeakyReLU(0.2)
     -> Conv3x3(w/2, C) -> tanh.
 
-    Deviation from DAFL: DAFL ends with ``BatchNorm2d(C, affine=False)`` after the tanh (its
-    teachers take standardized inputs); our teachers are trained on images in [0, 1], so the tanh
-    output is mapped affinely to [0, 1] with ``(tanh + 1) / 2`` instead. Sides not divisible by 4
+    Output layer. DAFL ends with ``BatchNorm2d(C, affine=False)`` after the tanh: its teachers
+    take standardized inputs, so the generator emits images with the statistics the teacher's
+    input normalization expects. Our teachers take images in [0, 1]; with ``out_std`` given, the
+    same BatchNorm output is mapped back through the teacher's input normalization,
+    ``clamp(out_mean + out_std * BN(tanh), 0, 1)`` (per channel), which is DAFL's output layer
+    expressed in pixel space. Without ``out_std`` the tanh is mapped affinely, ``(tanh + 1) / 2``
+    (mid-grey images: an MNIST teacher labels almost all of them "1"). Sides not divisible by 4
     are produced at ``4 * ceil(s / 4)`` and bilinearly resized to ``s``."""
 
-    def __init__(self, in_channels=1, image_size=28, num_classes=10, latent_dim=100, width=128):
+    def __init__(self, in_channels=1, image_size=28, num_classes=10, latent_dim=100, width=128,
+                 out_mean=None, out_std=None):
         super().__init__()
+        self.out_bn = None
+        if out_std is not None:
+            mean = torch.as_tensor(out_mean, dtype=torch.float32).reshape(-1)
+            std = torch.as_tensor(out_std, dtype=torch.float32).reshape(-1)
+            self.out_bn = nn.BatchNorm2d(in_channels, affine=False)
+            self.register_buffer("out_mean", mean.expand(in_channels).clone().view(1, -1, 1, 1))
+            self.register_buffer("out_std", std.expand(in_channels).clone().view(1, -1, 1, 1))
         self.latent_dim = latent_dim
         self.image_size = image_size
         self.init_size = max(1, math.ceil(image_size / 4))
@@ -74,6 +86,8 @@ class DAFLGenerator(nn.Module):
         x = self.blocks(self.bn0(h))
         if x.shape[-1] != self.image_size:
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        if self.out_bn is not None:
+            return (self.out_mean + self.out_std * self.out_bn(x)).clamp(0.0, 1.0)
         return (x + 1) / 2
 
     @torch.no_grad()
@@ -81,6 +95,28 @@ class DAFLGenerator(nn.Module):
         """``n`` synthetic images in [0, 1] (the released generator's downstream use)."""
         z = torch.randn(n, self.latent_dim, generator=generator).to(device)
         return self(z)
+
+
+#: the standard, published per-channel input normalization constants (mean, std) of the datasets
+#: (torchvision / DAFL conventions), used as the generator's output statistics like DAFL's final
+#: BatchNorm: part of the teacher's input interface, not computed from the private split here
+INPUT_STATS = {
+    "mnist": ((0.1307,), (0.3081,)),
+    "fashion-mnist": ((0.2860,), (0.3530,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+}
+
+
+def generator_spec_args(dataset: str, output: str) -> dict:
+    """The ``dafl-generator`` output arguments for ``output``: ``dataset-stats`` (DAFL's BatchNorm
+    output layer with the dataset's standard normalization constants; plain tanh for a dataset
+    without published constants) or ``tanh`` ((tanh + 1) / 2)."""
+    if output not in ("dataset-stats", "tanh"):
+        raise ValueError(f"generator_output must be 'dataset-stats' or 'tanh', got {output!r}")
+    if output == "dataset-stats" and dataset in INPUT_STATS:
+        mean, std = INPUT_STATS[dataset]
+        return {"out_mean": list(mean), "out_std": list(std)}
+    return {}
 
 
 @register_arch("student-cnn")
@@ -258,9 +294,14 @@ class RRAnnotator:
     #: softmax temperature of the prior; > 1 flattens an over-confident student prior (with a sharp
     #: prior RRWithPrior picks k* = 1 and returns the student's own top class, ignoring the teacher)
     prior_temperature: float = 1.0
+    #: weight lambda of the uniform distribution mixed into the prior:
+    #: prior = (1 - lambda) softmax(s / tau) + lambda / K (1 = plain K-ary randomized response)
+    prior_mix: float = 0.0
 
     def __call__(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
         prior = F.softmax(student_logits.detach() / self.prior_temperature, 1)
+        if self.prior_mix:
+            prior = (1 - self.prior_mix) * prior + self.prior_mix / prior.shape[1]
         return rr_with_prior(teacher_logits.detach().argmax(1), prior, self.epsilon, self.generator)
 
 
@@ -387,6 +428,16 @@ class LoopConfig:
     eval_every: int
     select_on_val: bool
     student_optimizer: str = "adam"
+    #: one generator step every ``generator_every`` iterations (the generator step costs more than
+    #: the rest of an iteration on a CPU; the student sees a fresh batch every iteration anyway)
+    generator_every: int = 1
+    #: decay of an exponential moving average of the student's weights (0 = off); the average is
+    #: what gets evaluated, selected and released -- it averages the zero-mean DP noise of the
+    #: updates (post-processing of DP outputs)
+    ema: float = 0.0
+    #: iterations before the first generator step (the student first learns on the initial
+    #: generator's samples; the generator's only guide is the student)
+    generator_warmup: int = 0
 
 
 def student_loss_fn(mode: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -428,10 +479,17 @@ def transcribe(*, teacher: nn.Module, student: nn.Module, generator: nn.Module,
     opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.lr_generator)
     s_loss, adv_loss = student_loss_fn(mode), adversarial_loss_fn(mode)
     latent = generator.latent_dim
+    averaged = None
+    if cfg.ema:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        averaged = AveragedModel(student, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema))
+    released = averaged.module if averaged is not None else student
     hist: dict = {"iteration": [], "val_acc": [], "student_loss": [], "epsilon": [], "seconds": []}
     best = (-1.0, None, None, -1)
     t0 = time.time()
     run_loss = 0.0
+    use_generator = any(w != 0 for w in (cfg.w_oh, cfg.w_ie, cfg.w_act, cfg.w_adv))
     for it in progress(range(1, cfg.iterations + 1), desc="transcription"):
         z = torch.randn(cfg.batch_size, latent, generator=rng).to(device)
         # (1)-(2): synthetic batch, teacher and student logits
@@ -448,9 +506,11 @@ def transcribe(*, teacher: nn.Module, student: nn.Module, generator: nn.Module,
         opt_s.zero_grad(set_to_none=True)
         loss.backward()
         opt_s.step()
+        if averaged is not None:
+            averaged.update_parameters(student)
         run_loss += float(loss.detach())
         # (5): generator update, student frozen as discriminator
-        if any(w != 0 for w in (cfg.w_oh, cfg.w_ie, cfg.w_act, cfg.w_adv)):
+        if use_generator and it > cfg.generator_warmup and (it - cfg.generator_warmup) % cfg.generator_every == 0:
             for p in student.parameters():
                 p.requires_grad_(False)
             xg = generator(z)
@@ -465,7 +525,7 @@ def transcribe(*, teacher: nn.Module, student: nn.Module, generator: nn.Module,
             for p in student.parameters():
                 p.requires_grad_(True)
         if it % cfg.eval_every == 0 or it == cfg.iterations:
-            va = accuracy(student, val, device) if val is not None else float("nan")
+            va = accuracy(released, val, device) if val is not None else float("nan")
             student.train()
             extra = on_eval(it)
             hist["iteration"].append(it)
@@ -476,7 +536,7 @@ def transcribe(*, teacher: nn.Module, student: nn.Module, generator: nn.Module,
             run_loss = 0.0
             log(f"iter {it}: val_acc={va:.4f} eps={extra.get('epsilon')}")
             if not cfg.select_on_val or va > best[0]:
-                best = (va, copy.deepcopy(student.state_dict()), copy.deepcopy(generator.state_dict()), it)
+                best = (va, copy.deepcopy(released.state_dict()), copy.deepcopy(generator.state_dict()), it)
     student.load_state_dict(best[1])
     generator.load_state_dict(best[2])
     student.eval()

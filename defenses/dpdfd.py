@@ -49,9 +49,12 @@ class DPDFDConfig:
     latent_dim: int = 100
     #: generator width (DAFL: 128; 32 keeps one MNIST cell within minutes on a CPU core)
     generator_width: int = 32
-    iterations: int = 200
+    #: generator output layer: ``dataset-stats`` = DAFL's BatchNorm output mapped through the
+    #: dataset's standard input normalization constants; ``tanh`` = (tanh + 1) / 2
+    generator_output: Literal["dataset-stats", "tanh"] = "tanh"
+    iterations: int = 400
     batch_size: int = 256
-    lr_student: float = 1e-3
+    lr_student: float = 3e-3
     lr_generator: float = 1e-2
     #: KL temperature inside the mechanism (the snippet uses raw logits: T = 1)
     temperature: float = 1.0
@@ -68,12 +71,18 @@ class DPDFDConfig:
     w_oh: float = 1.0
     w_ie: float = 5.0
     w_act: float = 0.1
+    #: one generator step every ``generator_every`` iterations (shared loop, see dpsd)
+    generator_every: int = 1
+    #: EMA decay of the student's weights, 0 = off (shared loop, see dpsd)
+    ema: float = 0.0
     eval_every: int = 20
     select_on_val: bool = True
 
     def validate(self):
         if self.iterations <= 0 or self.batch_size <= 0 or self.norm_bound <= 0 or self.eval_every <= 0:
             raise BenchError("dpdfd: iterations, batch_size, norm_bound and eval_every must be positive")
+        if self.generator_every < 1 or not 0.0 <= self.ema < 1.0:
+            raise BenchError("dpdfd: generator_every must be >= 1 and ema in [0, 1)")
 
 
 @register_defense("dpdfd")
@@ -93,7 +102,8 @@ class DPDFD(Defense):
         # ---- from here on the private training set (ctx.task.members) is never read ----
         task = ctx.task
         sspec = spec_for(task, c.student_arch)
-        gspec = spec_for(task, {"name": "dafl-generator", "latent_dim": c.latent_dim, "width": c.generator_width})
+        gspec = spec_for(task, {"name": "dafl-generator", "latent_dim": c.latent_dim, "width": c.generator_width,
+                                **D.generator_spec_args(task.dataset, c.generator_output)})
         student = D.seeded_init(ctx.seed * 1000 + 21, lambda: build_model(sspec))
         generator = D.seeded_init(ctx.seed * 1000 + 23, lambda: build_model(gspec))
         rng = torch.Generator().manual_seed(ctx.seed * 1000 + 27)
@@ -112,7 +122,7 @@ class DPDFD(Defense):
         z_ex = sigma / (sens * math.sqrt(c.batch_size))
         ledger = D.GaussianLedger(z, z_ex, ctx.delta, c.accountant, c.query_composition)
         loop = D.LoopConfig(c.iterations, c.batch_size, c.lr_student, c.lr_generator, c.w_oh, c.w_ie, c.w_act, 0.0,
-                            c.eval_every, c.select_on_val)
+                            c.eval_every, c.select_on_val, generator_every=c.generator_every, ema=c.ema)
         hist = D.transcribe(teacher=teacher, student=student, generator=generator, annotate=annotate, mode="data",
                             cfg=loop, rng=rng, device=ctx.device, val=task.val, on_query=lambda it: ledger.step(),
                             on_eval=lambda it: {"epsilon": ledger.epsilon()}, progress=ctx.progress, log=ctx.log)

@@ -51,9 +51,12 @@ class DPSDConfig:
     latent_dim: int = 100
     #: generator width (DAFL: 128; 32 keeps one MNIST cell within minutes on a CPU core)
     generator_width: int = 32
-    iterations: int = 200
+    #: generator output layer: ``dataset-stats`` = DAFL's BatchNorm output mapped through the
+    #: dataset's standard input normalization constants; ``tanh`` = (tanh + 1) / 2
+    generator_output: Literal["dataset-stats", "tanh"] = "tanh"
+    iterations: int = 400
     batch_size: int = 256
-    lr_student: float = 1e-3
+    lr_student: float = 3e-3
     lr_generator: float = 1e-2
     # --- data-sensitive mechanism
     #: distillation loss whose logit gradient is privatized: dkd (DPSD) or kl
@@ -79,11 +82,20 @@ class DPSDConfig:
     # --- label-sensitive mechanism
     #: temperature of the student prior given to RRWithPrior (1 = the student's softmax)
     rr_prior_temperature: float = 1.0
+    #: weight of the uniform distribution mixed into the prior (0 = the student's softmax only,
+    #: 1 = plain K-ary randomized response); keeps an over-confident student prior from shutting
+    #: the teacher out (RRWithPrior's k* = 1)
+    rr_prior_mix: float = 0.0
     # --- generator losses (DAFL weights for MNIST) + adversarial term on DP quantities
     w_oh: float = 1.0
     w_ie: float = 5.0
     w_act: float = 0.1
-    w_adv: float = 0.1
+    w_adv: float = 1.0
+    #: one generator step every ``generator_every`` iterations
+    generator_every: int = 1
+    #: decay of the exponential moving average of the student's weights (0 = off); the average is
+    #: evaluated, selected and released (post-processing of the DP updates)
+    ema: float = 0.0
     eval_every: int = 20
     select_on_val: bool = True
 
@@ -92,6 +104,10 @@ class DPSDConfig:
             raise BenchError("dpsd: iterations, batch_size, norm_bound and eval_every must be positive")
         if self.top_k < 0:
             raise BenchError("dpsd: top_k must be >= 0 (0 = all classes)")
+        if self.generator_every < 1:
+            raise BenchError("dpsd: generator_every must be >= 1")
+        if not 0.0 <= self.ema < 1.0 or not 0.0 <= self.rr_prior_mix <= 1.0:
+            raise BenchError("dpsd: ema must be in [0, 1) and rr_prior_mix in [0, 1]")
 
 
 def sensitivity_factor(neighbouring: str) -> float:
@@ -117,13 +133,14 @@ class DPSD(Defense):
         task = ctx.task
         K = task.num_classes
         sspec = spec_for(task, c.student_arch)
-        gspec = spec_for(task, {"name": "dafl-generator", "latent_dim": c.latent_dim, "width": c.generator_width})
+        gspec = spec_for(task, {"name": "dafl-generator", "latent_dim": c.latent_dim, "width": c.generator_width,
+                                **D.generator_spec_args(task.dataset, c.generator_output)})
         student = D.seeded_init(ctx.seed * 1000 + 11, lambda: build_model(sspec))
         generator = D.seeded_init(ctx.seed * 1000 + 13, lambda: build_model(gspec))
         rng = torch.Generator().manual_seed(ctx.seed * 1000 + 17)  # latent codes
         noise_rng = torch.Generator().manual_seed(ctx.seed * 1000 + 19)  # DP noise
         loop = D.LoopConfig(c.iterations, c.batch_size, c.lr_student, c.lr_generator, c.w_oh, c.w_ie, c.w_act,
-                            c.w_adv, c.eval_every, c.select_on_val)
+                            c.w_adv, c.eval_every, c.select_on_val, generator_every=c.generator_every, ema=c.ema)
         k = c.top_k if 0 < c.top_k < K else K
         if c.mode == "data":
             sens = sensitivity_factor(c.neighbouring)
@@ -155,7 +172,7 @@ class DPSD(Defense):
                  "selection_on_private_val": c.select_on_val})
         else:
             eps_rr = ctx.epsilon
-            annotate = D.RRAnnotator(eps_rr, noise_rng, c.rr_prior_temperature)
+            annotate = D.RRAnnotator(eps_rr, noise_rng, c.rr_prior_temperature, c.rr_prior_mix)
             queries = {"n": 0}
 
             def on_query(it):

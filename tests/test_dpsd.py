@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from scipy.optimize import brentq
 from scipy.stats import chisquare, norm
 
@@ -261,6 +262,21 @@ def test_rr_with_prior_frequencies_match_the_formula(prior, label, eps):
         assert counts[support][0] == n
 
 
+def test_rr_prior_mix_one_is_plain_k_ary_randomized_response():
+    # a sharp student prior alone would give k* = 1 (the student's own class, the teacher ignored);
+    # mixing in the uniform distribution with weight 1 gives plain K-ary RR whatever the student says
+    K, eps, n, label = 5, 1.0, 20000, 3
+    student = torch.tensor([[9.0, 0.0, 0.0, 0.0, 0.0]]).repeat(n, 1)
+    teacher = F.one_hot(torch.full((n,), label), K).float()
+    sharp = D.RRAnnotator(eps, torch.Generator().manual_seed(5))(student, teacher)
+    assert (sharp == 0).all()
+    out = D.RRAnnotator(eps, torch.Generator().manual_seed(5), prior_mix=1.0)(student, teacher)
+    counts = np.bincount(out.numpy(), minlength=K)
+    p = np.full(K, 1.0 / (math.exp(eps) + K - 1))
+    p[label] = math.exp(eps) / (math.exp(eps) + K - 1)
+    assert chisquare(counts, p * n).pvalue > 1e-3, counts
+
+
 def test_rr_with_prior_is_eps_dp_for_every_pair_of_labels():
     prior = np.array([0.4, 0.3, 0.2, 0.1])
     eps = 0.7
@@ -347,6 +363,31 @@ def test_same_seed_same_student_other_seed_other_student(mode):
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
+def test_ema_student_is_released_and_lags_the_live_student():
+    # the EMA of the student's weights is what gets released: with a decay close to 1 it stays near
+    # the first iterate, while the live student (ema = 0) keeps moving
+    init = D.seeded_init(11, lambda: build_model(spec_for(synthetic_task(), "student-cnn"))).state_dict()
+    rels = {e: fit({"ema": e, "select_on_val": False, "lr_student": 0.05}, FakeCtx(synthetic_task(), TeacherNet()))
+            for e in (0.0, 0.999)}
+
+    def dist(sd):
+        return sum(float((sd[k] - init[k]).norm()) for k in init)
+
+    assert dist(rels[0.999].model.state_dict()) < 0.5 * dist(rels[0.0].model.state_dict())
+
+
+def test_generator_every_skips_generator_steps():
+    task = synthetic_task()
+    g0 = D.seeded_init(13, lambda: build_model(spec_for(task, {"name": "dafl-generator", "latent_dim": 8,
+                                                                  "width": 8})))
+    params0 = {k: v.clone() for k, v in g0.named_parameters()}
+    same = fit({"generator_every": 100, "select_on_val": False}, FakeCtx(synthetic_task(), TeacherNet()))
+    moved = fit({"generator_every": 2, "select_on_val": False}, FakeCtx(synthetic_task(), TeacherNet()))
+    gs, gm = dict(same.modules["generator"].named_parameters()), dict(moved.modules["generator"].named_parameters())
+    assert all(torch.equal(gs[k], params0[k]) for k in params0)
+    assert not all(torch.equal(gm[k], params0[k]) for k in params0)
+
+
 def test_release_archs_rebuild_and_generator_range():
     rel = fit({"mode": "data"}, FakeCtx(synthetic_task(), TeacherNet()))
     for name, module in rel.modules.items():
@@ -364,6 +405,25 @@ def test_generator_matches_task_shape_for_odd_sizes():
     for size, ch in ((28, 1), (32, 3), (10, 1)):
         g = build_model({**spec, "image_size": size, "in_channels": ch})
         assert g(torch.randn(3, 4)).shape == (3, ch, size, size)
+
+
+def test_generator_dataset_stats_output_matches_the_normalization_constants():
+    # DAFL's BatchNorm output layer in pixel space: per-channel batch mean ~ out_mean, std ~ out_std
+    # (before the [0, 1] clamp), for a randomly initialised generator and a large batch
+    args = D.generator_spec_args("cifar10", "dataset-stats")
+    mean, std = torch.tensor(args["out_mean"]), torch.tensor(args["out_std"])
+    g = D.seeded_init(0, lambda: build_model({"name": "dafl-generator", "in_channels": 3, "image_size": 32,
+                                              "num_classes": 10, "latent_dim": 16, "width": 16,
+                                              "out_mean": args["out_mean"], "out_std": args["out_std"]}))
+    x = g(torch.randn(256, 16, generator=torch.Generator().manual_seed(0)))
+    assert x.min() >= 0 and x.max() <= 1
+    m = x.mean((0, 2, 3))
+    assert torch.allclose(m, mean, atol=0.06), (m, mean)
+    assert (x.std((0, 2, 3)) <= std + 1e-4).all()  # clamping only shrinks the spread
+    assert D.generator_spec_args("digits", "dataset-stats") == {}  # no published constants: tanh
+    assert D.generator_spec_args("mnist", "tanh") == {}
+    with pytest.raises(ValueError):
+        D.generator_spec_args("mnist", "bogus")
 
 
 def test_dkd_matches_its_definition_and_vanishes_when_student_equals_teacher():

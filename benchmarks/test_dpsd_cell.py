@@ -1,0 +1,52 @@
+"""Wall time of one DPSD cell (MNIST, epsilon = 1, delta = 1e-5, seed 0, the ``dpsd`` defaults).
+
+Run: ``BENCH_DATA=../shared/data BENCH_CACHE=<cache> pytest benchmarks/test_dpsd_cell.py`` (not part of
+the normal test suite: ``testpaths`` is ``tests``). The goal is <= 10 min on 2 CPU cores. The
+shared ``none`` teacher is fitted (or loaded from ``BENCH_CACHE``) before the timed part; the timed
+part is ``DPSD.fit`` itself (transcription + accounting), as the runner runs it on a cache miss.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import pytest
+import torch
+
+from bench.cache import Cache
+from bench.config import make_config
+from bench.runner import CellContext, Env, get_task
+from bench.suite import load_suite
+from defenses.dpsd import DPSD
+
+GOAL_SECONDS = 600.0
+
+
+@pytest.fixture(scope="module")
+def mnist_ctx():
+    root = os.environ.get("BENCH_DATA")
+    if not root:
+        pytest.skip("BENCH_DATA not set")
+    cache_dir = os.environ.get("BENCH_CACHE") or tempfile.mkdtemp(prefix="dpsd-bench-")
+    ds = load_suite("mnist-eps1").datasets["mnist"]
+    env = Env(run_dir=tempfile.mkdtemp(prefix="dpsd-bench-run-"), cache_dir=cache_dir, data_root=root,
+              device="cpu", run_id="bench", progress=False)
+    tasks: dict = {}
+    task = get_task("mnist", ds["protocol"], 0, root, tasks)
+    ctx = CellContext(env, Cache(cache_dir), task, 1.0, 1e-5, 0, [], {"protocol": ds["protocol"],
+                      "inversion": ds["inversion"]}, tasks, "dpsd", {})
+    ctx.fit_defense("none", {})  # the teacher: fitted or loaded before the timed part
+    return ctx
+
+
+@pytest.mark.parametrize("mode", ["data"])
+def test_dpsd_cell_time(benchmark, mnist_ctx, mode):
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
+    defense = DPSD(make_config(DPSD.Config, {"mode": mode}, "defenses.dpsd"))
+    rel = benchmark.pedantic(defense.fit, args=(mnist_ctx,), rounds=1, iterations=1)
+    seconds = benchmark.stats.stats.mean
+    benchmark.extra_info["seconds"] = seconds
+    benchmark.extra_info["iterations"] = rel.privacy.extra.get("iterations")
+    benchmark.extra_info["selected_val_acc"] = rel.info["history"]["selected_val_acc"]
+    print(f"\none DPSD cell ({mode}): {seconds:.0f} s (goal <= {GOAL_SECONDS:.0f} s on 2 CPU cores)")
