@@ -9,12 +9,12 @@ import math
 import pytest
 import torch
 from scipy.optimize import brentq
+from test_dpsd import FakeCtx, RecordingTeacher, TeacherNet, analytic_gaussian_delta, synthetic_task
 
 from bench.config import make_config
 from bench.models import build_model
 from defenses import _distill as D
 from defenses.dpdfd import DPDFD
-from tests.test_dpsd import FakeCtx, RecordingTeacher, TeacherNet, analytic_gaussian_delta, synthetic_task
 
 TINY = {"iterations": 6, "batch_size": 16, "eval_every": 3, "latent_dim": 8, "generator_width": 8,
         "noise_multiplier": 20.0}
