@@ -453,7 +453,7 @@ def test_dpsd_end_to_end_through_the_runner(tmp_path):
     res = run_suite(parse_suite("dpsd-tiny", data), tmp_path / "out", cache_dir=tmp_path / "cache",
                     data_dir=tmp_path / "data", echo=lambda m: None, progress=False)
     assert res["failed"] == 0 and res["done"] == 3, res
-    from tests.conftest import store_rows
+    from conftest import store_rows
 
     rows = store_rows(tmp_path / "out", "SELECT c.defense, m.name, m.value FROM metrics m JOIN cells c USING "
                                         "(cell_key) WHERE c.status='done'")
