@@ -52,10 +52,15 @@ def make_optimizer(params, name: str, lr: float, momentum: float = 0.9, weight_d
 def fit_classifier(model: nn.Module, train: Split, val: Split, *, epochs: int, lr: float, batch_size: int,
                    optimizer: str = "adam", weight_decay: float = 0.0, device="cpu",
                    generator: Optional[torch.Generator] = None, progress: Callable = lambda it, **k: it,
-                   select_on_val: bool = True, lr_schedule: str = "constant") -> tuple[nn.Module, dict]:
+                   select_on_val: bool = True, lr_schedule: str = "constant",
+                   curves: Optional[dict[str, Split]] = None, desc: str = "epochs") -> tuple[nn.Module, dict]:
     """Minibatch cross-entropy training; keeps the epoch with the best **validation** accuracy
-    (or the last one with ``select_on_val=False``). ``lr_schedule``: ``constant`` or ``cosine``
-    (per-step cosine decay to 0 over all epochs). Returns the model and its history."""
+    (or the last one with ``select_on_val=False`` or no ``val``). ``lr_schedule``: ``constant`` or
+    ``cosine`` (per-step cosine decay to 0 over all epochs). ``curves`` maps a name to a split whose
+    accuracy is recorded after every epoch as ``<name>_acc`` (diagnostics, never used for
+    selection). Returns the model and its history."""
+    has_val = val is not None and len(val) > 0
+    select_on_val = select_on_val and has_val
     model.to(device)
     opt = make_optimizer(model.parameters(), optimizer, lr, weight_decay=weight_decay)
     n = len(train)
@@ -67,8 +72,10 @@ def fit_classifier(model: nn.Module, train: Split, val: Split, *, epochs: int, l
     else:
         raise ValueError(f"unknown lr_schedule {lr_schedule!r}")
     history = {"train_loss": [], "val_acc": []}
+    for name in curves or {}:
+        history[f"{name}_acc"] = []
     best = (-1.0, None, -1)
-    for epoch in progress(range(epochs), desc="epochs", leave=False):
+    for epoch in progress(range(epochs), desc=desc, leave=False):
         model.train()
         perm = torch.randperm(n, generator=generator)
         total = 0.0
@@ -82,9 +89,11 @@ def fit_classifier(model: nn.Module, train: Split, val: Split, *, epochs: int, l
             if sched is not None:
                 sched.step()
             total += float(loss.detach()) * len(idx)
-        va = accuracy(model, val, device)
-        history["train_loss"].append(total / n)
+        va = accuracy(model, val, device) if has_val else float("nan")
+        history["train_loss"].append(total / max(n, 1))
         history["val_acc"].append(va)
+        for name, split in (curves or {}).items():
+            history[f"{name}_acc"].append(accuracy(model, split, device))
         if not select_on_val or va > best[0]:
             best = (va, copy.deepcopy(model.state_dict()), epoch)
     model.load_state_dict(best[1])

@@ -13,18 +13,16 @@ directly (``datalens``, ``pate``, ``vae-metric``; ``tldmi`` uses the freezing he
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable, Sequence
 from typing import Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from bench.tasks import Split
-from bench.train import accuracy, make_optimizer
+from bench.train import fit_classifier
 
 # ---------------------------------------------------------------------------------------------
 # student training
@@ -44,40 +42,17 @@ def train_student(model: nn.Module, train: Split, select: Optional[Split], *, ep
                   batch_size: int, optimizer: str = "adam", weight_decay: float = 0.0, device="cpu",
                   seed: int = 0, curves: Optional[dict[str, Split]] = None,
                   progress: Callable = lambda it, **k: it, desc: str = "student epochs") -> tuple[nn.Module, dict]:
-    """Cross-entropy training of ``model`` on ``train``; keeps the epoch with the best accuracy on
-    ``select`` (the last epoch when ``select`` is None or empty). ``curves`` maps a name to a split
-    whose accuracy is recorded after every epoch (diagnostics only: never used for selection)."""
-    model.to(device)
-    opt = make_optimizer(model.parameters(), optimizer, lr, weight_decay=weight_decay)
-    gen = torch.Generator().manual_seed(seed)
-    n = len(train)
+    """Cross-entropy training of ``model`` on ``train`` through :func:`bench.train.fit_classifier`;
+    keeps the epoch with the best accuracy on ``select`` (the last epoch when ``select`` is None or
+    empty; history key ``select_acc``). ``curves`` maps a name to a split whose accuracy is recorded
+    after every epoch (diagnostics only: never used for selection)."""
     use_select = select is not None and len(select) > 0
-    hist: dict = {"train_loss": [], "select_acc": []}
-    for name in curves or {}:
-        hist[f"{name}_acc"] = []
-    best = (-1.0, None, -1)
-    for epoch in progress(range(epochs), desc=desc, leave=False):
-        model.train()
-        perm = torch.randperm(n, generator=gen)
-        total = 0.0
-        for i in range(0, n, batch_size):
-            idx = perm[i:i + batch_size]
-            xb, yb = train.x[idx].to(device), train.y[idx].to(device)
-            loss = F.cross_entropy(model(xb), yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-        hist["train_loss"].append(total / max(n, 1))
-        sa = accuracy(model, select, device) if use_select else float("nan")
-        hist["select_acc"].append(sa)
-        for name, split in (curves or {}).items():
-            hist[f"{name}_acc"].append(accuracy(model, split, device))
-        if not use_select or sa > best[0]:
-            best = (sa, copy.deepcopy(model.state_dict()), epoch)
-    model.load_state_dict(best[1])
+    model, hist = fit_classifier(model, train, select if use_select else None, epochs=epochs, lr=lr,
+                                 batch_size=batch_size, optimizer=optimizer, weight_decay=weight_decay,
+                                 device=device, generator=torch.Generator().manual_seed(seed), progress=progress,
+                                 select_on_val=use_select, curves=curves, desc=desc)
+    hist["select_acc"] = hist.pop("val_acc")
     model.eval()
-    hist["selected_epoch"] = best[2]
     return model, hist
 
 
