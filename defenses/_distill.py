@@ -297,12 +297,23 @@ class RRAnnotator:
     #: weight lambda of the uniform distribution mixed into the prior:
     #: prior = (1 - lambda) softmax(s / tau) + lambda / K (1 = plain K-ary randomized response)
     prior_mix: float = 0.0
+    #: the first ``prior_warmup`` calls (query batches) use the uniform prior, i.e. plain K-ary
+    #: randomized response; the student's prediction becomes the prior afterwards. This is the
+    #: two-stage schedule of Ghazi et al. (LP-2ST: the prior comes from a model trained on
+    #: earlier RR labels), instead of a prior from a randomly initialised student
+    prior_warmup: int = 0
+    calls: int = 0
 
     def __call__(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
-        prior = F.softmax(student_logits.detach() / self.prior_temperature, 1)
-        if self.prior_mix:
-            prior = (1 - self.prior_mix) * prior + self.prior_mix / prior.shape[1]
-        return rr_with_prior(teacher_logits.detach().argmax(1), prior, self.epsilon, self.generator)
+        self.calls += 1
+        K = student_logits.shape[1]
+        if self.calls <= self.prior_warmup:
+            prior = torch.full_like(student_logits, 1.0 / K)
+        else:
+            prior = F.softmax(student_logits.detach() / self.prior_temperature, 1)
+            if self.prior_mix:
+                prior = (1 - self.prior_mix) * prior + self.prior_mix / K
+        return rr_with_prior(teacher_logits.detach().argmax(1), prior.detach(), self.epsilon, self.generator)
 
 
 # ---------------------------------------------------------------------------------------------

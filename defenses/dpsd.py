@@ -52,8 +52,10 @@ class DPSDConfig:
     #: generator width (DAFL: 128; 32 keeps one MNIST cell within minutes on a CPU core)
     generator_width: int = 32
     #: generator output layer: ``dataset-stats`` = DAFL's BatchNorm output mapped through the
-    #: dataset's standard input normalization constants; ``tanh`` = (tanh + 1) / 2
-    generator_output: Literal["dataset-stats", "tanh"] = "tanh"
+    #: dataset's standard input normalization constants; ``tanh`` = (tanh + 1) / 2; ``auto`` =
+    #: ``tanh`` in data mode, ``dataset-stats`` in label mode (both chosen on validation: hard
+    #: labels of a generator whose first images the teacher calls one class never leave it)
+    generator_output: Literal["auto", "dataset-stats", "tanh"] = "auto"
     iterations: int = 400
     batch_size: int = 256
     lr_student: float = 3e-3
@@ -86,6 +88,11 @@ class DPSDConfig:
     #: 1 = plain K-ary randomized response); keeps an over-confident student prior from shutting
     #: the teacher out (RRWithPrior's k* = 1)
     rr_prior_mix: float = 0.0
+    #: iterations labelled with the uniform prior (plain K-ary RR) before the student's prediction
+    #: becomes the prior (Ghazi et al.'s two-stage LP-2ST schedule; default: half of the default
+    #: iterations); 0 = the student's prior from the first query (a random student's confident
+    #: prior makes RRWithPrior return the student's own class: chance accuracy)
+    rr_prior_warmup: int = 200
     # --- generator losses (DAFL weights for MNIST) + adversarial term on DP quantities
     w_oh: float = 1.0
     w_ie: float = 5.0
@@ -108,6 +115,8 @@ class DPSDConfig:
             raise BenchError("dpsd: generator_every must be >= 1")
         if not 0.0 <= self.ema < 1.0 or not 0.0 <= self.rr_prior_mix <= 1.0:
             raise BenchError("dpsd: ema must be in [0, 1) and rr_prior_mix in [0, 1]")
+        if self.rr_prior_warmup < 0:
+            raise BenchError("dpsd: rr_prior_warmup must be >= 0")
 
 
 def sensitivity_factor(neighbouring: str) -> float:
@@ -133,8 +142,9 @@ class DPSD(Defense):
         task = ctx.task
         K = task.num_classes
         sspec = spec_for(task, c.student_arch)
+        gout = c.generator_output if c.generator_output != "auto" else ("tanh" if c.mode == "data" else "dataset-stats")
         gspec = spec_for(task, {"name": "dafl-generator", "latent_dim": c.latent_dim, "width": c.generator_width,
-                                **D.generator_spec_args(task.dataset, c.generator_output)})
+                                **D.generator_spec_args(task.dataset, gout)})
         student = D.seeded_init(ctx.seed * 1000 + 11, lambda: build_model(sspec))
         generator = D.seeded_init(ctx.seed * 1000 + 13, lambda: build_model(gspec))
         rng = torch.Generator().manual_seed(ctx.seed * 1000 + 17)  # latent codes
@@ -172,7 +182,8 @@ class DPSD(Defense):
                  "selection_on_private_val": c.select_on_val})
         else:
             eps_rr = ctx.epsilon
-            annotate = D.RRAnnotator(eps_rr, noise_rng, c.rr_prior_temperature, c.rr_prior_mix)
+            annotate = D.RRAnnotator(eps_rr, noise_rng, c.rr_prior_temperature, c.rr_prior_mix,
+                                     c.rr_prior_warmup)
             queries = {"n": 0}
 
             def on_query(it):
@@ -194,6 +205,6 @@ class DPSD(Defense):
                                     "(each query is labelled exactly once)",
                  "selection_on_private_val": c.select_on_val})
         info = {"history": hist, "selected_by": hist["selected_by"], "selected_iteration": hist["selected_iteration"],
-                "mode": c.mode, "teacher": "none" + (f" {c.teacher}" if c.teacher else " (NoneConfig defaults)")}
+                "mode": c.mode, "generator_output": gout, "teacher": "none" + (f" {c.teacher}" if c.teacher else " (NoneConfig defaults)")}
         return Release({"model": student.cpu(), "generator": generator.cpu()},
                        {"model": sspec, "generator": gspec}, privacy, info)

@@ -277,6 +277,22 @@ def test_rr_prior_mix_one_is_plain_k_ary_randomized_response():
     assert chisquare(counts, p * n).pvalue > 1e-3, counts
 
 
+def test_rr_prior_warmup_uses_plain_rr_first_then_the_student_prior():
+    # LP-2ST schedule: the first `prior_warmup` query batches are plain K-ary RR (the sharp
+    # student prior is ignored, the teacher's label is kept with probability e^eps/(e^eps+K-1));
+    # afterwards the student's prediction is the prior again (k* = 1: the student's class)
+    K, eps, n, label = 5, 1.0, 20000, 3
+    student = torch.tensor([[9.0, 0.0, 0.0, 0.0, 0.0]]).repeat(n, 1)
+    teacher = F.one_hot(torch.full((n,), label), K).float()
+    ann = D.RRAnnotator(eps, torch.Generator().manual_seed(5), prior_warmup=2)
+    for _ in range(2):
+        counts = np.bincount(ann(student, teacher).numpy(), minlength=K)
+        p = np.full(K, 1.0 / (math.exp(eps) + K - 1))
+        p[label] = math.exp(eps) / (math.exp(eps) + K - 1)
+        assert chisquare(counts, p * n).pvalue > 1e-3, counts
+    assert (ann(student, teacher) == 0).all()
+
+
 def test_rr_with_prior_is_eps_dp_for_every_pair_of_labels():
     prior = np.array([0.4, 0.3, 0.2, 0.1])
     eps = 0.7
@@ -398,6 +414,15 @@ def test_release_archs_rebuild_and_generator_range():
     assert x.shape == (10, 1, 8, 8) and x.min() >= 0 and x.max() <= 1
     assert rel.info["selected_by"].startswith("val_acc")
     assert rel.privacy.extra["selection_on_private_val"] is True
+
+
+@pytest.mark.parametrize("mode,expected", [("data", "tanh"), ("label", "dataset-stats")])
+def test_auto_generator_output_depends_on_the_mode(mode, expected):
+    rel = fit({"mode": mode, "iterations": 2, "eval_every": 1}, FakeCtx(synthetic_task(), TeacherNet()))
+    assert rel.info["generator_output"] == expected
+    forced = fit({"mode": mode, "iterations": 2, "eval_every": 1, "generator_output": "tanh"},
+                 FakeCtx(synthetic_task(), TeacherNet()))
+    assert forced.info["generator_output"] == "tanh"
 
 
 def test_generator_matches_task_shape_for_odd_sizes():
