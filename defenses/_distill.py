@@ -302,7 +302,8 @@ class RRAnnotator:
     #: two-stage schedule of Ghazi et al. (LP-2ST: the prior comes from a model trained on
     #: earlier RR labels), instead of a prior from a randomly initialised student
     prior_warmup: int = 0
-    calls: int = 0
+    #: query batches annotated so far (state, not a parameter)
+    calls: int = field(default=0, init=False)
 
     def __call__(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
         self.calls += 1
@@ -313,7 +314,7 @@ class RRAnnotator:
             prior = F.softmax(student_logits.detach() / self.prior_temperature, 1)
             if self.prior_mix:
                 prior = (1 - self.prior_mix) * prior + self.prior_mix / K
-        return rr_with_prior(teacher_logits.detach().argmax(1), prior.detach(), self.epsilon, self.generator)
+        return rr_with_prior(teacher_logits.detach().argmax(1), prior, self.epsilon, self.generator)
 
 
 # ---------------------------------------------------------------------------------------------
