@@ -29,10 +29,10 @@ selects nothing, the per-epoch accuracy on the task's validation split; the pape
 (maximum test accuracy over student epochs) is computed outside ``fit`` by
 :func:`paper_protocol_accuracy` (see docs/methods/datalens.md).
 
-CPU scale-down (size, not substance; see docs/methods/datalens.md): teachers are conditional
-MLPs (794 -> ``teacher_hidden`` -> 1, label concatenated to the input and the hidden layer) instead
-of DCGAN conv discriminators; the teacher count, top-k, sigma, beta, the query-per-image accounting
-and the stopping rule are the paper's.
+CPU scale-down (size, not substance; see docs/methods/datalens.md): teachers are class-conditional
+maxout discriminators (``teacher_pieces`` linear pieces per class, one batched matmul for all
+teachers) instead of DCGAN conv discriminators; the teacher count, top-k, sigma, beta, the
+query-per-image accounting and the stopping rule are the paper's.
 """
 
 from __future__ import annotations
@@ -190,7 +190,7 @@ class TeacherEnsemble:
 
     def __init__(self, n: int, dim: int, num_classes: int, hidden: int, generator: torch.Generator,
                  lr: float = 1e-3, beta1: float = 0.5, device="cpu", batch_norm: bool = False,
-                 input_norm: bool = True, projection: bool = True):
+                 input_norm: bool = True, projection: bool = True, weight_decay: float = 0.0):
         def init(*shape):
             return (torch.randn(*shape, generator=generator) * 0.02).to(device).requires_grad_(True)
 
@@ -212,7 +212,7 @@ class TeacherEnsemble:
         self.projection = projection
         if batch_norm:
             self.params += [self.gamma, self.beta]
-        self.opt = _adam(self.params, lr, beta1)
+        self.opt = _adam(self.params, lr, beta1, weight_decay)
 
     @staticmethod
     def _p(t: torch.Tensor, sl: slice) -> torch.Tensor:
@@ -299,7 +299,9 @@ def standardize(x: torch.Tensor) -> torch.Tensor:
 
 class LinearTeacherEnsemble:
     """N class-conditional linear discriminators: D_i(x, y) = V_i[:, y] . s(x) + c_i[y] (logistic
-    regression, one weight vector per class), with s = per-image standardisation when
+    regression, one weight vector per class), or with ``pieces`` R > 1 maxout discriminators
+    D_i(x, y) = max_r (V_i[:, y, r] . s(x) + c_i[y, r]) (Goodfellow et al. 2013), whose input
+    gradient depends on the image through the active piece; s = per-image standardisation when
     ``input_norm`` (the teacher is blind to a sample's global brightness and contrast, as DCGAN's
     batch-normalised discriminators are to the fake batch's channel statistics). Stacked
     tensors, one Adam (= N independent Adams). Trained with the GAN loss, a teacher's input
@@ -307,10 +309,11 @@ class LinearTeacherEnsemble:
     class-y images."""
 
     def __init__(self, n: int, dim: int, num_classes: int, generator: torch.Generator, lr: float = 1e-3,
-                 beta1: float = 0.5, device="cpu", input_norm: bool = False, weight_decay: float = 0.0):
-        self.n, self.dim, self.K, self.input_norm = n, dim, num_classes, input_norm
-        self.V = (torch.randn(n, dim, num_classes, generator=generator) * 0.02).to(device).requires_grad_(True)
-        self.c = torch.zeros(n, 1, num_classes, device=device, requires_grad=True)
+                 beta1: float = 0.5, device="cpu", input_norm: bool = False, weight_decay: float = 0.0,
+                 pieces: int = 1):
+        self.n, self.dim, self.K, self.input_norm, self.R = n, dim, num_classes, input_norm, int(pieces)
+        self.V = (torch.randn(n, dim, num_classes * self.R, generator=generator) * 0.02).to(device).requires_grad_(True)
+        self.c = torch.zeros(n, 1, num_classes * self.R, device=device, requires_grad=True)
         self.params = [self.V, self.c]
         self.opt = _adam(self.params, lr, beta1, weight_decay)
 
@@ -321,6 +324,8 @@ class LinearTeacherEnsemble:
         if self.input_norm:
             x = standardize(x)
         s = (torch.matmul(x, V) if x.dim() == 3 else torch.matmul(x.unsqueeze(0), V)) + c
+        if self.R > 1:  # maxout over the class's pieces
+            s = s.view(*s.shape[:2], self.K, self.R).amax(-1)
         if y.dim() == 1:
             y = y.unsqueeze(0).expand(n, -1)
         return torch.gather(s, 2, y.unsqueeze(-1)).squeeze(-1)
@@ -465,9 +470,13 @@ class DataLensConfig:
     step_size: float = 1e-3
     lr: float = 1e-3
     beta1: float = 0.5
-    #: tiny teacher discriminator: "linear" (class-conditional logistic regression) or "mlp"
+    #: tiny teacher discriminator: "linear" (class-conditional maxout / logistic regression) or "mlp"
     teacher: Literal["linear", "mlp"] = "linear"
     teacher_hidden: int = 16
+    #: maxout pieces per class of the "linear" teacher, D(x, y) = max_r V[:, y, r] . x + c[y, r]
+    #: (1 = logistic regression, whose input gradient is the same direction for every image of a
+    #: class; see docs/methods/datalens.md)
+    teacher_pieces: int = 4
     #: per-image standardisation of the teachers' input (see docs: keeps the teachers from
     #: voting on global brightness, which drives the generator into saturation)
     teacher_input_norm: bool = False
@@ -492,8 +501,11 @@ class DataLensConfig:
     n_synthetic: int = 100000
     synthetic_val_frac: float = 0.1
     student_arch: str = "datalens-student"
-    student_epochs: int = 10
-    student_lr: float = 1e-3
+    #: student length and learning rate, set once on the real validation split (seed 0; docs): the
+    #: student's real accuracy falls as it fits the generator's artifacts, which the synthetic
+    #: split cannot see
+    student_epochs: int = 2
+    student_lr: float = 1e-4
     student_batch_size: int = 256
     student_optimizer: Literal["adam", "sgd"] = "adam"
 
@@ -502,6 +514,8 @@ class DataLensConfig:
             raise BenchError("datalens: teachers, batch_size, student_epochs must be positive, n_synthetic >= 10")
         if self.topk is not None and self.topk <= 0:
             raise BenchError("datalens: topk must be positive")
+        if self.teacher_pieces < 1:
+            raise BenchError("datalens: teacher_pieces must be >= 1")
         if not 0 <= self.synthetic_val_frac < 1:
             raise BenchError("datalens: synthetic_val_frac must be in [0, 1)")
 
@@ -548,10 +562,10 @@ def train_generator(members: Split, num_classes: int, c: DataLensConfig, *, epsi
     g_opt = torch.optim.Adam(G.parameters(), lr=c.lr, betas=(c.beta1, 0.999))
     if c.teacher == "linear":
         T = LinearTeacherEnsemble(N, dim, num_classes, g_rng, c.lr, c.beta1, device, c.teacher_input_norm,
-                                  c.teacher_weight_decay)
+                                  c.teacher_weight_decay, c.teacher_pieces)
     else:
         T = TeacherEnsemble(N, dim, num_classes, c.teacher_hidden, g_rng, c.lr, c.beta1, device, c.teacher_bn,
-                            c.teacher_input_norm, c.teacher_projection)
+                            c.teacher_input_norm, c.teacher_projection, c.teacher_weight_decay)
 
     z_mult = query_noise_multiplier(sigma, k) if private else math.inf
     if private:

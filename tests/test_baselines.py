@@ -117,10 +117,12 @@ def test_topagg_accounting_matches_hand_computation():
 def _ensembles(N, dim, K, seed):
     g = torch.Generator().manual_seed(seed)
     return {"mlp": DL.TeacherEnsemble(N, dim, K, 6, g),
-            "linear": DL.LinearTeacherEnsemble(N, dim, K, torch.Generator().manual_seed(seed), weight_decay=20.0)}
+            "linear": DL.LinearTeacherEnsemble(N, dim, K, torch.Generator().manual_seed(seed), weight_decay=20.0),
+            "maxout": DL.LinearTeacherEnsemble(N, dim, K, torch.Generator().manual_seed(seed), weight_decay=20.0,
+                                               pieces=3)}
 
 
-@pytest.mark.parametrize("kind", ["mlp", "linear"])
+@pytest.mark.parametrize("kind", ["mlp", "linear", "maxout"])
 def test_teacher_image_grads_and_independence(kind):
     gen = torch.Generator().manual_seed(3)
     N, M, dim, K = 4, 5, 12, 3
@@ -143,6 +145,16 @@ def test_teacher_image_grads_and_independence(kind):
         logit = T.logits(x, y)
         ref = torch.sigmoid(-logit).unsqueeze(-1) / 3 * T.V.detach().permute(0, 2, 1)[:, y, :]
         assert torch.allclose(g, ref, atol=1e-6)
+    if kind == "maxout":  # closed form: sigmoid(-D) / B * V[:, y, r*], r* the class's active piece
+        R = T.R
+        V = T.V.detach().view(N, dim, K, R)
+        s = (torch.matmul(x.unsqueeze(0), T.V.detach()) + T.c.detach()).view(N, 3, K, R)
+        r_star = s[:, torch.arange(3), y, :].argmax(-1)  # (N, 3)
+        logit = T.logits(x, y)
+        for i in range(N):
+            for j in range(3):
+                ref = torch.sigmoid(-logit[i, j]) / 3 * V[i, :, y[j], r_star[i, j]]
+                assert torch.allclose(g[i, j], ref, atol=1e-6)
     # one (fused) Adam over the stacked tensors = independent teachers: changing teacher 0's shard
     # leaves every other teacher's parameters bitwise unchanged
     xr = torch.rand(N, M, dim, generator=gen)
@@ -164,6 +176,28 @@ def test_teacher_image_grads_and_independence(kind):
         assert torch.equal(a[1:], b[1:])
         moved |= not torch.equal(a[0], b[0])
     assert moved
+
+
+def test_maxout_teacher_votes_depend_on_the_image():
+    """A logistic-regression teacher pushes every image of a class along one direction (its input
+    gradient is V[:, y] times a scalar); a maxout teacher's direction depends on which piece the
+    image activates, so two images of one class can get different votes. pieces=1 is the linear
+    teacher exactly."""
+    gen = torch.Generator().manual_seed(5)
+    N, dim, K = 3, 20, 2
+    lin = DL.LinearTeacherEnsemble(N, dim, K, torch.Generator().manual_seed(1))
+    one = DL.LinearTeacherEnsemble(N, dim, K, torch.Generator().manual_seed(1), pieces=1)
+    mx = DL.LinearTeacherEnsemble(N, dim, K, torch.Generator().manual_seed(1), pieces=4)
+    x = torch.rand(64, dim, generator=gen)
+    y = torch.zeros(64, dtype=torch.long)
+    assert torch.equal(lin.image_grads(x, y), one.image_grads(x, y))
+
+    def cos(g):  # cosine between image 0's direction and every other image's, per teacher
+        g = torch.nn.functional.normalize(g, dim=-1)
+        return (g[:, :1] * g[:, 1:]).sum(-1)
+
+    assert torch.allclose(cos(lin.image_grads(x, y)), torch.ones(N, 63), atol=1e-5)
+    assert (cos(mx.image_grads(x, y)) < 0.9).any(dim=1).all()
 
 
 def test_record_partition_one_member_one_shard():
