@@ -10,15 +10,12 @@ so nothing is fitted before the timed part. ``BENCH_THREADS`` sets torch's threa
 from __future__ import annotations
 
 import os
-import tempfile
 
 import pytest
 import torch
+from conftest import mnist_eps1_context
 
-from bench.cache import Cache
 from bench.config import make_config
-from bench.runner import CellContext, Env, get_task
-from bench.suite import load_suite
 from defenses.datalens import DataLens
 
 GOAL_SECONDS = 1200.0
@@ -26,17 +23,7 @@ GOAL_SECONDS = 1200.0
 
 @pytest.fixture(scope="module")
 def mnist_ctx():
-    root = os.environ.get("BENCH_DATA")
-    if not root:
-        pytest.skip("BENCH_DATA not set")
-    cache_dir = os.environ.get("BENCH_CACHE") or tempfile.mkdtemp(prefix="datalens-bench-")
-    ds = load_suite("mnist-eps1").datasets["mnist"]
-    env = Env(run_dir=tempfile.mkdtemp(prefix="datalens-bench-run-"), cache_dir=cache_dir, data_root=root,
-              device="cpu", run_id="bench", progress=False)
-    tasks: dict = {}
-    task = get_task("mnist", ds["protocol"], 0, root, tasks)
-    return CellContext(env, Cache(cache_dir), task, 1.0, 1e-5, 0, [], {"protocol": ds["protocol"],
-                       "inversion": ds["inversion"]}, tasks, "datalens", {})
+    return mnist_eps1_context("datalens", "datalens-bench")
 
 
 def test_datalens_cell_time(benchmark, mnist_ctx):

@@ -9,15 +9,12 @@ part is ``DPSD.fit`` itself (transcription + accounting), as the runner runs it 
 from __future__ import annotations
 
 import os
-import tempfile
 
 import pytest
 import torch
+from conftest import mnist_eps1_context
 
-from bench.cache import Cache
 from bench.config import make_config
-from bench.runner import CellContext, Env, get_task
-from bench.suite import load_suite
 from defenses.dpsd import DPSD
 
 GOAL_SECONDS = 600.0
@@ -25,17 +22,7 @@ GOAL_SECONDS = 600.0
 
 @pytest.fixture(scope="module")
 def mnist_ctx():
-    root = os.environ.get("BENCH_DATA")
-    if not root:
-        pytest.skip("BENCH_DATA not set")
-    cache_dir = os.environ.get("BENCH_CACHE") or tempfile.mkdtemp(prefix="dpsd-bench-")
-    ds = load_suite("mnist-eps1").datasets["mnist"]
-    env = Env(run_dir=tempfile.mkdtemp(prefix="dpsd-bench-run-"), cache_dir=cache_dir, data_root=root,
-              device="cpu", run_id="bench", progress=False)
-    tasks: dict = {}
-    task = get_task("mnist", ds["protocol"], 0, root, tasks)
-    ctx = CellContext(env, Cache(cache_dir), task, 1.0, 1e-5, 0, [], {"protocol": ds["protocol"],
-                      "inversion": ds["inversion"]}, tasks, "dpsd", {})
+    ctx = mnist_eps1_context("dpsd", "dpsd-bench")
     ctx.fit_defense("none", {})  # the teacher: fitted or loaded before the timed part
     return ctx
 
