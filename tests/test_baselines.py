@@ -16,6 +16,7 @@ import torch
 import yaml
 
 from bench.api import Attack, AttackResult
+from bench.errors import BenchError
 from bench.registry import register_attack
 from defenses import _synthetic as S
 from defenses import datalens as DL
@@ -198,6 +199,45 @@ def test_maxout_teacher_votes_depend_on_the_image():
 
     assert torch.allclose(cos(lin.image_grads(x, y)), torch.ones(N, 63), atol=1e-5)
     assert (cos(mx.image_grads(x, y)) < 0.9).any(dim=1).all()
+
+
+def test_generator_output_contrast_is_sample_only():
+    """``output_contrast: autocontrast`` rescales each sampled image to span [0, 1] (a per-image
+    affine map of the raw output); ``output_blur`` is a 3x3 Gaussian blur before it; ``forward``,
+    the network the DP training regresses, stays raw, and the defaults sample the raw output."""
+    raw = DL.CondDCGANGenerator(1, 28, 10, z_dim=8, gf_dim=8, gfc_dim=32).eval()
+    ac = DL.CondDCGANGenerator(1, 28, 10, z_dim=8, gf_dim=8, gfc_dim=32, output_contrast="autocontrast").eval()
+    ac.load_state_dict(raw.state_dict())
+    xr, yr = raw.sample(50, generator=torch.Generator().manual_seed(3))
+    xa, ya = ac.sample(50, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(yr, ya)
+    assert float(xr.amax((1, 2, 3)).max()) < 0.9  # an untrained generator's output is grey, not full-range
+    assert torch.allclose(xa.amin((1, 2, 3)), torch.zeros(50)) and torch.allclose(xa.amax((1, 2, 3)), torch.ones(50))
+    lo, hi = xr.amin((1, 2, 3), keepdim=True), xr.amax((1, 2, 3), keepdim=True)
+    assert torch.allclose(xa, (xr - lo) / (hi - lo), atol=1e-5)
+    z, y = torch.rand(4, 8), torch.arange(4)
+    assert torch.equal(raw(z, y), ac(z, y))
+    bl = DL.CondDCGANGenerator(1, 28, 10, z_dim=8, gf_dim=8, gfc_dim=32, output_contrast="autocontrast",
+                               output_blur=0.8).eval()
+    bl.load_state_dict(raw.state_dict())
+    xb, _ = bl.sample(50, generator=torch.Generator().manual_seed(3))
+    k = torch.tensor([math.exp(-1 / (2 * 0.8 ** 2)), 1.0, math.exp(-1 / (2 * 0.8 ** 2))])
+    k = k / k.sum()
+    inner = (xr[:, :, 1:-1, 1:-1] * 0).clone()  # separable 3x3 Gaussian away from the border
+    for a in range(3):
+        for b in range(3):
+            inner += k[a] * k[b] * xr[:, :, a:a + 26, b:b + 26]
+    blo, bhi = xb.amin((1, 2, 3)), xb.amax((1, 2, 3))
+    assert torch.allclose(blo, torch.zeros(50)) and torch.allclose(bhi, torch.ones(50))
+    from torchvision.transforms.v2.functional import gaussian_blur
+    full = gaussian_blur(xr, [3, 3], [0.8, 0.8])
+    assert torch.allclose(full[:, :, 1:-1, 1:-1], inner, atol=1e-6)
+    lo, hi = full.amin((1, 2, 3), keepdim=True), full.amax((1, 2, 3), keepdim=True)
+    assert torch.allclose(xb, (full - lo) / (hi - lo), atol=1e-5)
+    with pytest.raises(BenchError):
+        DL.CondDCGANGenerator(output_contrast="equalize")
+    with pytest.raises(BenchError):
+        DL.CondDCGANGenerator(output_blur=-1.0)
 
 
 def test_record_partition_one_member_one_shard():
