@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from bench.api import Release
 from bench.tasks import Split
-from bench.train import predict_logits
+from bench.train import predict_logits, true_class_log_odds
 
 
 def ref_seed(cell_seed: int, reference_seed: int, i: int) -> int:
@@ -160,12 +160,9 @@ def view_logits(model, split: Split, device, augment: str = "none") -> torch.Ten
 
 
 def logit_scaled_confidence(logits: torch.Tensor, y: torch.Tensor) -> np.ndarray:
-    """LiRA's phi = log p_y - log(1 - p_y) = z_y - logsumexp_{j != y} z_j, in float64."""
-    z = logits.double()
-    yy = y.view(-1, *([1] * (z.dim() - 2)), 1).expand(*z.shape[:-1], 1)
-    zy = torch.gather(z, -1, yy).squeeze(-1)
-    others = z.scatter(-1, yy, float("-inf"))
-    return (zy - torch.logsumexp(others, dim=-1)).numpy()
+    """LiRA's phi = log p_y - log(1 - p_y) = z_y - logsumexp_{j != y} z_j, in float64
+    (:func:`bench.train.true_class_log_odds`)."""
+    return true_class_log_odds(logits, y)
 
 
 def true_class_prob(logits: torch.Tensor, y: torch.Tensor) -> np.ndarray:
@@ -228,7 +225,7 @@ def summarize(ctx, release, scores: np.ndarray, labels: np.ndarray, *, n_boot: i
         metrics.update({"n_references": 0.0, "reference_fit_seconds": 0.0})
     metrics.update(extra_metrics or {})
     metrics["attack_seconds"] = float(time.time() - started)
-    arrays = {"scores": scores.astype(np.float32), "labels": labels.astype(np.int8)}
+    arrays = {"scores": scores.astype(np.float64), "labels": labels.astype(np.int8)}
     if refs is not None:
         arrays.update(refs.arrays())
     arrays.update(extra_arrays or {})

@@ -39,7 +39,7 @@ from bench.audit import one_run_eps_lower_bound
 from bench.errors import BenchError
 from bench.metrics import membership_metrics
 from bench.registry import register_attack
-from bench.train import accuracy, per_example_loss, predict_logits
+from bench.train import accuracy, loss_from_log_odds, per_example_log_odds, predict_logits
 
 
 @dataclass
@@ -100,7 +100,8 @@ class OneRunAudit(Attack):
         derived, canaries, included = canary_task(ctx.task, c.m, ctx.seed, c.canary_seed)
         audited = ctx.fit_defense(ctx.defense, ctx.defense_config, task=derived, epsilon=ctx.epsilon, seed=ctx.seed)
         if c.score == "loss":
-            scores = -per_example_loss(audited.model, canaries, ctx.device)
+            # minus the loss, from the float64 log-odds (a float32 loss rounds to 0 and ties)
+            scores = -loss_from_log_odds(per_example_log_odds(audited.model, canaries, ctx.device))
         else:
             scores = logit_scaled_confidence(predict_logits(audited.model, canaries.x, ctx.device).cpu(), canaries.y)
         scores = np.asarray(scores, dtype=np.float64)
@@ -116,7 +117,7 @@ class OneRunAudit(Attack):
             mm = membership_metrics(scores, included.astype(int))
             metrics.update({"canary_auc": mm["auc"], "canary_tpr_at_1%fpr": mm["tpr_at_1%fpr"]})
         metrics["attack_seconds"] = float(time.time() - t0)
-        arrays = {"scores": scores.astype(np.float32), "labels": included.astype(np.int8),
+        arrays = {"scores": scores.astype(np.float64), "labels": included.astype(np.int8),
                   "canary_rows": canaries.index.astype(np.int64)}
         info = {"canaries": "natural (non-member pool images, true labels)", "score": c.score, "delta": delta,
                 "alpha": c.alpha, "audited_member_count": int(len(derived.members)),

@@ -21,7 +21,8 @@ Two statistics, both pure functions of scores (higher score = "more likely a mem
 :func:`one_run_eps_lower_bound` (Steinke, Nasr & Jagielski, NeurIPS 2023)
     ``m`` canaries, each included independently with probability 1/2, one training run. The
     auditor guesses "in" for its ``k_pos`` highest scores, "out" for its ``k_neg`` lowest and
-    abstains on the rest; with ``r`` guesses of which ``v`` are right, under (eps, delta)-DP
+    abstains on the rest (tied scores are ordered against the auditor: the guesses counted are
+    the worst over all tie-breakings, so ties and the input order can never raise the bound); with ``r`` guesses of which ``v`` are right, under (eps, delta)-DP
     ``P[v' >= v] <= P[Bin(r, q) >= v] + 2 m delta max_i (1/i) P[v > Bin(r, q) >= v - i]``,
     ``q = e^eps / (1 + e^eps)`` (their Theorem 3.1 / Algorithm 2). The bound is the largest eps
     whose p-value stays below ``alpha``; a sweep over (k_pos, k_neg) is Bonferroni-corrected.
@@ -266,7 +267,12 @@ def one_run_eps_lower_bound(scores, included, *, alpha: float = 0.05, delta: flo
     if inc.shape != s.shape:
         raise ValueError("scores and included must have the same length")
     m = len(s) if m is None else int(m)
-    order = np.argsort(-s, kind="stable")
+    # Ties never count for the auditor: within a group of tied scores the canaries that were NOT
+    # included come first (descending order), so a tie straddling the "in" cut is guessed wrong
+    # first and one straddling the "out" cut (read from the end) likewise. This is the worst case
+    # over every tie-breaking, hence no larger than a seeded random one: the test stays valid
+    # whatever the tie structure or the order the caller passed the canaries in.
+    order = np.lexsort((inc, -s))
     inc_sorted = inc[order]
     n = len(s)
     top_correct = np.r_[0, np.cumsum(inc_sorted)]  # correct "in" guesses among the top k

@@ -85,7 +85,7 @@ def _cmd_check(args) -> int:
         print(f"baseline written: {path}")
         return 0
     ok, lines = check_run(args.run_dir, args.baseline, leakage_tolerance=args.tolerance,
-                          accuracy_tolerance=args.accuracy_tolerance)
+                          accuracy_tolerance=args.accuracy_tolerance, unaudited=args.unaudited)
     for line in lines:
         print(line)
     return 0 if ok else 1
@@ -128,10 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
                                           "or when an audited epsilon exceeds a claimed one")
     ch.add_argument("run_dir")
     ch.add_argument("--baseline", required=True, help="baseline JSON file")
-    ch.add_argument("--tolerance", type=float, default=0.05,
-                    help="allowed absolute rise of a leakage metric (default 0.05)")
-    ch.add_argument("--accuracy-tolerance", type=float, default=0.02,
-                    help="allowed absolute drop of accuracy (default 0.02)")
+    ch.add_argument("--tolerance", type=float, default=None,
+                    help="one allowed absolute rise for every leakage metric (default: each metric's own tolerance "
+                         "in the baseline, from its seed spread and bootstrap interval)")
+    ch.add_argument("--accuracy-tolerance", type=float, default=None,
+                    help="one allowed absolute drop of accuracy (default: the baseline's per-row tolerance)")
+    ch.add_argument("--unaudited", default="fail", choices=["fail", "warn"],
+                    help="a row that claims a DP epsilon but has no audited epsilon: fail (default) or warn")
     ch.add_argument("--write-baseline", action="store_true", help="write the baseline from this run instead")
     ch.set_defaults(func=_cmd_check)
     return p

@@ -55,8 +55,15 @@ def roc_metrics_from_counts(pos_counts: np.ndarray, neg_counts: np.ndarray) -> d
     auc = np.sum(np.diff(fpr, axis=1) * (tpr[:, 1:] + tpr[:, :-1]) / 2, axis=1)
     adv = np.max(tpr - fpr, axis=1)
     out = {"auc": auc, "balanced_acc": 0.5 * (1 + adv), "advantage": adv}
+    rows = np.arange(len(fpr))
     for name, t in (("tpr_at_0.1%fpr", 1e-3), ("tpr_at_1%fpr", 1e-2)):
-        out[name] = np.max(np.where(fpr <= t, tpr, 0.0), axis=1)
+        # the ROC with straight segments at FPR = t (ties split at random: bench.metrics.tpr_at_fpr)
+        i = np.sum(fpr <= t, axis=1) - 1  # fpr[:, 0] = 0, so i >= 0
+        j = np.minimum(i + 1, fpr.shape[1] - 1)
+        f0, f1, t0, t1 = fpr[rows, i], fpr[rows, j], tpr[rows, i], tpr[rows, j]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            slope = np.where(f1 > f0, (t1 - t0) / (f1 - f0), 0.0)
+        out[name] = t0 + (t - f0) * slope
     return out
 
 

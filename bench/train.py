@@ -36,9 +36,38 @@ def accuracy(model: nn.Module, split: Split, device, batch_size: int = 1024) -> 
     return float((logits.argmax(1) == split.y).float().mean())
 
 
+def true_class_log_odds(logits: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+    """``log p_y - log(1 - p_y) = z_y - logsumexp_{j != y} z_j`` in float64, per example.
+
+    The membership score that keeps its ranking information: it is a strictly increasing
+    function of minus the cross-entropy loss (``loss = log(1 + exp(-phi))``), but it is computed
+    from the logits directly, so it neither rounds to a tie at loss 0 (float32 cross-entropy is
+    exactly 0 once the margin passes about 17; float64 at about 37) nor overflows. Carlini et
+    al.'s logit scaling (LiRA, S&P 2022). ``logits``: (..., classes), ``y``: labels of the
+    leading dimension."""
+    z = logits.detach().cpu().double()
+    y = torch.as_tensor(y).cpu().long()
+    yy = y.view(-1, *([1] * (z.dim() - 2)), 1).expand(*z.shape[:-1], 1)
+    zy = torch.gather(z, -1, yy).squeeze(-1)
+    others = z.scatter(-1, yy, float("-inf"))
+    return (zy - torch.logsumexp(others, dim=-1)).numpy()
+
+
+def loss_from_log_odds(phi) -> np.ndarray:
+    """Cross-entropy loss ``log(1 + exp(-phi))`` from :func:`true_class_log_odds`, float64, stable
+    (a tiny loss stays a tiny positive number instead of 0)."""
+    return np.logaddexp(0.0, -np.asarray(phi, dtype=np.float64))
+
+
+def per_example_log_odds(model: nn.Module, split: Split, device, batch_size: int = 1024) -> np.ndarray:
+    """:func:`true_class_log_odds` of ``model`` on ``split`` (float64)."""
+    return true_class_log_odds(predict_logits(model, split.x, device, batch_size), split.y)
+
+
 def per_example_loss(model: nn.Module, split: Split, device, batch_size: int = 1024) -> np.ndarray:
-    logits = predict_logits(model, split.x, device, batch_size)
-    return F.cross_entropy(logits, split.y, reduction="none").numpy()
+    """Per-example cross-entropy in float64, computed stably from the log-odds (never rounds to 0
+    for a finite margin below ~700)."""
+    return loss_from_log_odds(per_example_log_odds(model, split, device, batch_size))
 
 
 def make_optimizer(params, name: str, lr: float, momentum: float = 0.9, weight_decay: float = 0.0):

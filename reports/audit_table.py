@@ -39,9 +39,12 @@ import pandas as pd
 #: sources that are not attacks
 _NOT_AUDITS = ("utility", "privacy", "inversion-target")
 
-AUDIT_COLUMNS = ["dataset", "defense", "epsilon", "claimed_epsilon", "delta", "unit", "accountant",
+AUDIT_COLUMNS = ["dataset", "defense", "epsilon", "claimed_epsilon", "delta", "unit", "accountant", "dp_claim",
                  "compared_epsilon", "comparison", "eps_hat", "eps_hat_source", "eps_max_certifiable",
-                 "n_bounds", "audited_exceeds_claim", "eps_hat_familywise", "exceeds_claim_familywise"]
+                 "n_bounds", "audited_exceeds_claim", "eps_hat_familywise", "exceeds_claim_familywise", "flagged"]
+
+#: units whose claim is not differential privacy (metric privacy: see docs/methods/vae-metric.md)
+_NON_DP_UNITS = ("none", "metric")
 
 
 def _key(dataset, defense, epsilon) -> tuple:
@@ -123,9 +126,17 @@ def familywise_bounds(run_dir, alpha: float = 0.05) -> dict[tuple, float]:
     return out
 
 
+def is_dp_claim(unit: str, accountant: str, claimed: float) -> bool:
+    """Whether a row claims differential privacy: a finite epsilon, a DP unit, an accountant."""
+    return (unit not in _NON_DP_UNITS and math.isfinite(claimed)
+            and not str(accountant).strip().lower().startswith("none"))
+
+
 def _comparison(unit: str, accountant: str, claimed: float, key: tuple, example_claims: dict) -> tuple[float, str]:
     if unit == "none" or not math.isfinite(claimed):
         return math.inf, "not compared: not private (epsilon = inf)"
+    if unit == "metric":
+        return math.inf, "not compared: metric privacy, not DP (no neighbouring relation of examples)"
     if str(accountant).strip().lower().startswith("none"):
         return math.inf, "not compared: the accountant is 'none' (not a DP claim)"
     if unit == "example":
@@ -160,7 +171,8 @@ def audit_table(df: pd.DataFrame, example_claims: dict | None = None,
         compared, how = _comparison(unit, acc, claimed, _key(ds, d, eps), example_claims)
         row = {"dataset": ds, "defense": d, "epsilon": eps, "claimed_epsilon": claimed,
                "delta": float(delta) if delta is not None and not pd.isna(delta) else float("nan"),
-               "unit": unit, "accountant": acc, "compared_epsilon": compared, "comparison": how}
+               "unit": unit, "accountant": acc, "dp_claim": is_dp_claim(unit, acc, claimed),
+               "compared_epsilon": compared, "comparison": how}
         best, best_src, ceiling, n_bounds = -math.inf, "", -math.inf, 0
         for src in audits:
             lb = g[(g.source == src) & (g.metric == "eps_lb")]
@@ -184,6 +196,10 @@ def audit_table(df: pd.DataFrame, example_claims: dict | None = None,
         row["eps_hat_familywise"] = float("nan") if fwv is None or not n_bounds else float(fwv)
         row["exceeds_claim_familywise"] = (None if fwv is None or not n_bounds
                                            else bool(math.isfinite(compared) and fwv > compared))
+        # the verdict: family-wise over the row's bounds where the scores allow recomputing them
+        # (multiple testing must not count for the auditor); without them, the per-bound flag
+        row["flagged"] = (row["audited_exceeds_claim"] if row["exceeds_claim_familywise"] is None
+                          else row["exceeds_claim_familywise"])
         rows.append(row)
     cols = AUDIT_COLUMNS + [f"eps_hat[{s}]" for s in audits]
     return pd.DataFrame(rows, columns=cols)
@@ -198,12 +214,23 @@ def _familywise_note(r) -> str:
 
 
 def flagged_lines(table: pd.DataFrame) -> list[str]:
-    """One line per flagged row."""
+    """One line per flagged row (column ``flagged``: family-wise over the row's bounds when the
+    cached scores are there, else the largest single bound)."""
     out = []
-    for r in table[table["audited_exceeds_claim"]].itertuples(index=False):
+    for r in table[table["flagged"].astype(bool)].itertuples(index=False):
         out.append(f"AUDIT {r.dataset}/{r.defense}/eps={r.epsilon}: audited eps_hat = {r.eps_hat:.3f} "
                    f"({r.eps_hat_source}, 95 %) > claimed {r.compared_epsilon:.3g} "
                    f"({r.unit}, delta={r.delta:g}, {r.accountant}; {r.comparison}); {_familywise_note(r)}")
+    return out
+
+
+def unaudited_lines(table: pd.DataFrame) -> list[str]:
+    """One line per row that claims a DP epsilon but has no audited epsilon at all."""
+    out = []
+    for r in table[table["dp_claim"].astype(bool) & (table["n_bounds"] == 0)].itertuples(index=False):
+        out.append(f"AUDIT {r.dataset}/{r.defense}/eps={r.epsilon}: nothing audited: the row claims "
+                   f"eps = {r.claimed_epsilon:.3g} ({r.unit}, delta={r.delta:g}, {r.accountant}) but no attack of "
+                   "the run computed an eps lower bound (add a membership attack or one-run-audit)")
     return out
 
 
@@ -220,14 +247,14 @@ def _fmt(v) -> str:
 
 
 def warning_line(table: pd.DataFrame) -> str:
-    n = int(table["audited_exceeds_claim"].sum())
+    flagged = table[table["flagged"].astype(bool)]
+    n = len(flagged)
     if not n:
         return ""
-    cells = "; ".join(f"{r.dataset}/{r.defense}/eps={r.epsilon}" for r in
-                      table[table["audited_exceeds_claim"]].itertuples(index=False))
+    cells = "; ".join(f"{r.dataset}/{r.defense}/eps={r.epsilon}" for r in flagged.itertuples(index=False))
     return (f"> **⚠ WARNING: AUDITED ε EXCEEDS THE CLAIMED ε in {n} row(s): {cells}.** An empirical lower "
-            "bound at 95 % is above the accountant's ε: the claim, its accounting or its implementation "
-            "is suspect (see audit.md).")
+            "bound at 95 % (family-wise over the row's bounds where the cached scores allow) is above the "
+            "accountant's ε: the claim, its accounting or its implementation is suspect (see audit.md).")
 
 
 def write_audit_report(run_dir, df: pd.DataFrame, out, summary_md: Path | None = None) -> list[Path]:
@@ -241,6 +268,12 @@ def write_audit_report(run_dir, df: pd.DataFrame, out, summary_md: Path | None =
     for c in disp.columns:
         disp[c] = [_fmt(v) for v in disp[c]]
     warn = warning_line(table)
+    missing = unaudited_lines(table)
+    if missing:
+        warn = (warn + "\n\n" if warn else "") + "> **Nothing audited** in " + str(len(missing)) + \
+            " row(s) that claim a DP ε: " + "; ".join(f"{r.dataset}/{r.defense}/eps={r.epsilon}" for r in
+                                                    table[table["dp_claim"] & (table["n_bounds"] == 0)]
+                                                    .itertuples(index=False)) + " (no attack computed ε̂)."
     md = out / "audit.md"
     md.write_text("# Claimed vs audited ε\n\n" + (warn + "\n\n" if warn else "")
                   + "ε̂: empirical lower bounds at 95 % (largest over seeds), beside the largest bound the "

@@ -255,7 +255,7 @@ def _base_rows(dpsgd_rmia_eps_lb):
         ("dpsd-label", 0, _priv(1.0, "label", "pure DP"), [("privacy", "epsilon_spent", 1.0),
                                                             ("rmia", "eps_lb", 2.0)]),
         # metric privacy is not a DP claim
-        ("vae-metric", 0, {**_priv(1.0, "example", "none (metric privacy)"), "delta": 0.0},
+        ("vae-metric", 0, {**_priv(1.0, "metric", "none (metric privacy)"), "delta": 0.0},
          [("privacy", "epsilon_spent", 1.0), ("rmia", "eps_lb", 2.0)]),
     ]
 
