@@ -7,12 +7,18 @@ Reference models: the first ``n_references`` of the cell's shared zoo (``attacks
 split (non-members of the target and of every reference; never used to select anything).
 
 * ``offline`` (default): Pr(x) = ((1 + a) Pr_OUT(x) + (1 - a)) / 2 with Pr_OUT(x) the mean over
-  the references that did not train on x (with a single reference that did, its value is
-  back-converted as (p + a - 1) / a, as in ML Privacy Meter); Pr(z) likewise from all references
-  (z is OUT for all). ``a`` is tuned on the references only: reference 0 plays the target and the
+  the references that did not train on x; Pr(z) likewise from all references (z is OUT for all).
+  Back-conversion: the zoo's keep masks come in complementary pairs (``attacks/_references.py``),
+  so with ``n_references`` >= 2 every evaluated x is OUT for at least one reference and nothing is
+  back-converted. Only an x that no reference is OUT for (in practice: ``n_references`` = 1 and x
+  in that reference's training half) has its IN references' values back-converted to an OUT
+  estimate by inverting the same approximation, Pr_OUT = (p + a - 1) / a (undefined at a = 0,
+  where a = 0.3 is used in this inversion), because such an x would otherwise have no OUT signal at all. This rule is this
+  project's choice; it is not claimed to match ML Privacy Meter, which applies its own conversion
+  in other cases. ``a`` is tuned on the references only: reference 0 plays the target and the
   other references its references, and the ``a`` in {0, 0.1, ..., 1} with the best AUC on the
-  candidate pool is kept (ML Privacy Meter tunes on a paired model the same way). The target's
-  membership labels are never used.
+  candidate pool is kept (no reference is back-converted while tuning). The target's membership
+  labels are never used.
 * ``online``: Pr(x) = mean over all references (IN and OUT), Pr(z) = mean over all references.
 
 Score(x) = fraction of z with LR(x, z) = [Pr(x|theta)/Pr(x)] / [Pr(z|theta)/Pr(z)] > gamma

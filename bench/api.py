@@ -28,7 +28,10 @@ from torch import nn
 from .config import EmptyConfig
 from .tasks import Task
 
-PRIVACY_UNITS = ("example", "label", "query", "none")
+#: ``example`` / ``label`` / ``query``: (epsilon, delta)-DP for that neighbouring relation;
+#: ``metric``: metric (d_X) privacy, **not** DP (epsilon is per unit of the metric named in
+#: ``extra["metric"]``, never comparable with a DP epsilon); ``none``: no guarantee
+PRIVACY_UNITS = ("example", "label", "query", "metric", "none")
 
 
 @dataclass
@@ -36,7 +39,9 @@ class PrivacyReport:
     """The privacy claim of a release, always with its delta, accountant and unit.
 
     ``epsilon`` is math.inf for non-private methods (unit ``none``). ``extra`` holds further
-    figures, e.g. the example-level epsilon of a method whose own unit is per query.
+    figures, e.g. the example-level epsilon of a method whose own unit is per query. Unit
+    ``metric`` is metric privacy, not DP: its ``extra`` names the metric (``"metric"``) and its
+    scale (``"metric_scale"``), and it must never be compared with or ranked against DP claims.
     """
 
     epsilon: float
@@ -136,7 +141,8 @@ class Defense:
 
     name: ClassVar[str] = ""
     Config: ClassVar[type] = EmptyConfig
-    #: the neighbouring relation of the method's own guarantee: example | label | query | none
+    #: the neighbouring relation of the method's own guarantee: example | label | query | none, or
+    #: ``metric`` for metric privacy (not DP)
     privacy_unit: ClassVar[str] = "none"
     #: one-line citation of the method's paper
     paper: ClassVar[str] = ""

@@ -197,6 +197,9 @@ def build_task(dataset: str, protocol: dict | ProtocolConfig | None, seed: int,
             "sizes": {**{k: len(r) for k, r in rows.items()}, "test": len(test_rows),
                       "public": 0 if public is None else len(public)},
             "private_classes": private, "public_classes": public_classes,
+            # public: the size of the dataset's training split every protocol row is drawn from
+            # (DataLens/PATE shard the row range by it; never a function of the member set)
+            "train_split_size": int(len(train_y)),
             "fingerprint": h.hexdigest()[:16]}
     return Task(dataset, cfg.kind, seed, num_classes, tuple(test.x.shape[1:]), splits["members"],
                 splits["val"], test, splits["nonmembers"], public, info)

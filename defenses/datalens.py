@@ -21,13 +21,19 @@ change is at most 2 sqrt(k): each query is a Gaussian mechanism with noise multi
 sigma / (2 sqrt(k)), i.e. RDP 2 k lambda / sigma^2 per query, data-independent. Queries compose
 in dp_accounting's RDP accountant; training stops before the query that would exceed the target
 epsilon. The teachers' own training, the generator and the synthetic data are post-processing.
+The mechanism's structure is a function of public quantities only: the batch of queries per step
+is the config's ``batch_size`` (not the code's min(30, n // teachers), which depends on the
+private member count n), the step count follows from it and the budget, and the shards are padded
+to the public slot capacity (:func:`shard_capacity`) rather than the realised largest shard.
 
 Release: the student classifier (``model``, trained on ``n_synthetic`` generated examples, epoch
 selected on a **synthetic** validation split) and the conditional generator (``generator``).
 ``release.info["history"]`` holds the per-epoch synthetic-val accuracy and, as a diagnostic that
 selects nothing, the per-epoch accuracy on the task's validation split; the paper's own protocol
 (maximum test accuracy over student epochs) is computed outside ``fit`` by
-:func:`paper_protocol_accuracy` (see docs/methods/datalens.md).
+:func:`paper_protocol_accuracy` (see docs/methods/datalens.md). The generator's history holds the
+agreed dimensions of the noisy aggregate and the running epsilon; noise-free statistics of the
+members (teacher losses, realised shard sizes) are neither released nor logged.
 
 CPU scale-down (size, not substance; see docs/methods/datalens.md): teachers are class-conditional
 maxout discriminators (``teacher_pieces`` linear pieces per class, one batched matmul for all
@@ -478,9 +484,11 @@ class DataLensConfig:
     thresh: Optional[float] = None
     z_dim: Optional[int] = None
     partition: Literal["record", "balanced"] = "record"
-    #: DataLens' batch size (30), capped at the typical shard size as in its code; also the number
-    #: of queries (generated images) per generator step
-    batch_size: int = 30
+    #: queries (generated images) per generator step. DataLens' code uses min(30, n // teachers),
+    #: which depends on the private member count n; here it is a fixed config value (12 = that
+    #: rule at MNIST's 48 000 members and 4000 teachers, so the MNIST default is unchanged) and
+    #: the mechanism's structure (batch, steps, queries) is independent of n
+    batch_size: int = 12
     d_step: int = 2
     pretrain_teacher: int = 10
     max_grad: float = 1e-5
@@ -569,8 +577,11 @@ def train_generator(members: Split, num_classes: int, c: DataLensConfig, *, epsi
         raise BenchError(f"datalens: topk {k} exceeds the image dimension {dim}")
     rows = members.index if members.index is not None else np.arange(len(members))
     shards = partition(np.asarray(rows), members.y.numpy(), N, c.partition, seed, universe)
-    sizes = np.array([len(s) for s in shards])
-    M = int(sizes.max())
+    # shards padded to the public slot capacity, not the realised largest shard: the teachers'
+    # fakes (one latent per slot) and everything drawn after them must not depend on other members
+    M = shard_capacity(int(rows.max()) + 1 if universe is None else universe, N)
+    if max(len(s) for s in shards) > M:  # pragma: no cover - partition guarantees it
+        raise BenchError("datalens: a shard exceeds the slot capacity")
     pos = np.zeros((N, M), dtype=np.int64)
     mask = np.zeros((N, M), dtype=bool)
     for i, s in enumerate(shards):
@@ -580,7 +591,7 @@ def train_generator(members: Split, num_classes: int, c: DataLensConfig, *, epsi
     yr = members.y[pos_t].to(device)
     xall = torch.empty(N, 2 * M, dim, device=device)  # real rows, then the step's fakes
     xall[:, :M] = x[pos_t].to(device)
-    B = max(1, min(c.batch_size, len(members) // N))
+    B = int(c.batch_size)  # public: never a function of the member count
 
     g_rng = torch.Generator().manual_seed(seed * 7919 + 1)  # model init
     z_rng = torch.Generator().manual_seed(seed * 7919 + 2)  # latents and labels
@@ -608,22 +619,22 @@ def train_generator(members: Split, num_classes: int, c: DataLensConfig, *, epsi
     if steps <= 0:
         raise BenchError(f"datalens: epsilon {epsilon} does not pay for a single generator step of {B} queries "
                          f"(noise multiplier {z_mult:.3g})")
-    log(f"datalens: {N} teachers (shards {sizes.min()}-{sizes.max()}), k={k}, sigma={sigma}, beta={beta}, "
+    # the log is stored with the cell: public quantities only (no realised shard sizes or losses)
+    log(f"datalens: {N} teachers (slot capacity {M}), k={k}, sigma={sigma}, beta={beta}, "
         f"batch {B}, {steps} generator steps = {steps * B} queries (budget {budget_queries})")
-    hist = {"agreed": [], "d_loss": [], "epsilon": []}
+    hist = {"agreed": [], "epsilon": []}
     t0 = time.time()
     for step in progress(range(steps), desc="datalens steps"):
-        z = G.sample_latent(M, z_rng).to(device)
+        z = G.sample_latent(max(M, B), z_rng).to(device)
         # teachers: fakes G(z_j, y_ij) with the teacher's own real labels (shared z, as in the code)
         with torch.no_grad():
             G.train()
-            allc = G(z.repeat_interleave(num_classes, 0),
+            allc = G(z[:M].repeat_interleave(num_classes, 0),
                      torch.arange(num_classes, device=device).repeat(M)).reshape(M, num_classes, dim)
         xall[:, M:] = allc[torch.arange(M, device=device).view(1, M).expand(N, M), yr]
         n_d = c.pretrain_teacher if (step == 0 and c.pretrain_teacher > 0) else c.d_step
-        for _ in range(n_d):
-            dl = T.train_step(xall, yr, mask_t)
-        hist["d_loss"].append(dl)
+        for _ in range(n_d):  # the teachers' loss is a noise-free statistic of the members: not kept
+            T.train_step(xall, yr, mask_t)
         # generator: B queries, one per generated image (random labels, same z as the teachers)
         yq = torch.randint(0, num_classes, (B,), generator=z_rng).to(device)
         G.train()
@@ -648,20 +659,33 @@ def train_generator(members: Split, num_classes: int, c: DataLensConfig, *, epsi
             monitor(step, G, agg)
         if step % 20 == 19:
             log(f"datalens: step {step + 1}/{steps}, {time.time() - t0:.0f}s, agreed dims "
-                f"{hist['agreed'][-1]:.0f}, teacher loss {dl:.3f}")
+                f"{hist['agreed'][-1]:.0f}")
     queries = steps * B
     spent = S.gaussian_rdp_epsilon([(z_mult, queries)], delta) if private else math.inf
     log(f"datalens: {steps} steps in {time.time() - t0:.0f}s, epsilon {spent}")
     return {"generator": G.cpu().eval(), "gspec": gspec_extra, "k": k, "sigma": sigma, "beta": beta, "z_dim": z_dim,
             "setting_source": ps["source"] if (c.topk, c.sigma, c.thresh) == (None, None, None) else "config",
             "steps": steps, "queries": queries, "budget_queries": budget_queries, "batch": B,
-            "noise_multiplier": z_mult, "epsilon": spent, "history": hist, "shard_sizes": [int(sizes.min()),
-                                                                                           int(sizes.max())]}
+            "noise_multiplier": z_mult, "epsilon": spent, "history": hist, "shard_capacity": M}
+
+
+def shard_capacity(universe: int, n_teachers: int) -> int:
+    """The public slot capacity of a shard: ceil(universe / teachers), the most members a
+    ``record`` shard can hold (each teacher owns floor or ceil of universe / teachers slots of the
+    row range); a ``balanced`` shard holds n // teachers <= this. Defenses pad their shards to it
+    so that no step count, tensor shape or random draw depends on the realised shard sizes."""
+    return max(1, math.ceil(int(universe) / int(n_teachers)))
 
 
 def row_universe(task) -> int:
     """The public row range of the task's training pool (members, validation and non-member rows
-    are all drawn from it): the dataset's training-split size in practice."""
+    are all drawn from it): the dataset's training-split size, recorded by ``bench.tasks`` as
+    ``task.info["train_split_size"]``. (Taking the largest row index of the splits instead made
+    the range, and so every shard, depend on whether one member was present.) Tasks built by
+    hand without that entry fall back to the largest row index of the splits + 1."""
+    n = (task.info or {}).get("train_split_size")
+    if n:
+        return int(n)
     return int(max(int(s.index.max()) for s in (task.members, task.val, task.nonmembers)
                    if s.index is not None and len(s) > 0)) + 1
 
@@ -730,7 +754,7 @@ class DataLens(Defense):
              "rdp_per_query": "2 k lambda / sigma^2", "setting": out["setting_source"]})
         info = {"history": {"student": hist, "generator": out["history"]},
                 "selected_by": "synthetic_val_acc", "selected_epoch": hist["selected_epoch"],
-                "n_synthetic": c.n_synthetic, "shard_sizes": out["shard_sizes"], "generator_seconds": t_gen,
+                "n_synthetic": c.n_synthetic, "shard_capacity": out["shard_capacity"], "generator_seconds": t_gen,
                 "real_val_curve_note": "accuracy on task.val per student epoch: diagnostic, never used for "
                                        "selection (the paper selects the max over epochs on test)"}
         return Release({"model": student.cpu().eval(), "generator": G.cpu().eval()},

@@ -10,8 +10,13 @@ accountant actually recorded. Privacy unit: one training example (add/remove nei
 At epsilon = inf (a grid's no-privacy column) it trains with clipping and sigma = 0 and reports
 epsilon = inf: the cost of clipping alone.
 
+The sample rate 1 / ceil(|members| / batch_size) and the step count are computed from the member
+count, which is thereby treated as public (as Opacus does).
+
 Model selection: the last iterate is released (no selection on any split, so no extra privacy
-cost); validation accuracy is recorded per epoch for the curves. Defaults (tanh CNN, SGD with
+cost); validation accuracy (the DP model on the non-member validation split) is recorded per epoch
+for the curves. The training loss is not recorded: it is the mean loss on the members' sampled
+batches, a noise-free statistic of the members outside the DP guarantee. Defaults (tanh CNN, SGD with
 momentum, C = 0.1) follow Papernot et al. (2021) / Tramer & Boneh (ICLR 2021); they were fixed
 before looking at any test number.
 """
@@ -72,7 +77,8 @@ def make_private_training(model, optimizer, loader, sigma: float, max_grad_norm:
 
 
 def train_epoch(model, optimizer, criterion, loader, device) -> float:
-    """One pass over ``loader``; returns the mean training loss."""
+    """One pass over ``loader``; returns the mean training loss (a noise-free statistic of the
+    training data: never put it in a release)."""
     model.train()
     total, count = 0.0, 0
     for xb, yb in loader:
@@ -113,9 +119,9 @@ class DPSGD(Defense):
         sigma = dpsgd_noise_multiplier(ctx.epsilon, ctx.delta, sample_rate, steps, c.accountant) if private else 0.0
         model, opt, criterion, private_loader, engine = make_private_training(
             model, opt, loader, sigma, c.max_grad_norm, c.accountant, c.grad_sample_mode, ctx.seed + 7, ctx.device)
-        history = {"val_acc": [], "epsilon": [], "train_loss": []}
+        history = {"val_acc": [], "epsilon": []}
         for _ in ctx.progress(range(c.epochs), desc="dpsgd epochs"):
-            history["train_loss"].append(train_epoch(model, opt, criterion, private_loader, ctx.device))
+            train_epoch(model, opt, criterion, private_loader, ctx.device)  # its loss is not released
             history["val_acc"].append(accuracy(model, ctx.task.val, ctx.device))
             history["epsilon"].append(float(engine.accountant.get_epsilon(ctx.delta)) if private else math.inf)
         spent = float(engine.accountant.get_epsilon(ctx.delta)) if private else math.inf

@@ -4,7 +4,10 @@
 1. The members are split into ``teachers`` disjoint shards (each member's teacher is a seeded
    function of its own dataset row, so adding or removing one member changes one shard); one
    teacher per shard. All teachers are one set of stacked tensors trained with batched matmuls
-   (MLP teachers: the CPU scale-down of the paper's convnets).
+   (MLP teachers: the CPU scale-down of the paper's convnets). Shards are padded to the public
+   slot capacity ceil(row range / teachers) and every teacher takes ceil(capacity /
+   ``teacher_batch_size``) steps per epoch (:func:`teacher_batches_per_epoch`): the schedule never
+   depends on the realised shard sizes, so the other teachers do not see a member come or go.
 2. Unlabelled public queries are drawn, in a seeded order, from the task's **non-member pool**
    (never the test split): for query x the teachers' vote histogram n(x) is formed and
    Confident-GNMax answers it only if ``max_j n_j + N(0, sigma1^2) >= threshold * teachers``,
@@ -25,6 +28,11 @@ exactly the target epsilon; the reported epsilon is the one of what was actually
 Caveat on the pool: the answered queries become the student's training data, so they are
 excluded from nothing downstream: membership attacks that draw their non-members from the same
 pool see some of them; their rows are listed in ``info["query_rows"]`` (see docs/methods/pate.md).
+
+``release.info`` holds only DP outputs, public quantities and non-member data (query rows, the
+answered rows, the accuracy of the noisy answers against the non-member labels, the student's
+curves on the validation split); noise-free statistics of the members (teacher losses, the
+noise-free plurality vote's accuracy, the realised shard sizes) are not recorded.
 """
 
 from __future__ import annotations
@@ -46,7 +54,7 @@ from bench.tasks import Split
 from bench.train import seed_everything
 
 from . import _synthetic as S
-from .datalens import _adam, partition, row_universe
+from .datalens import _adam, partition, row_universe, shard_capacity
 
 
 class MLPEnsemble:
@@ -74,19 +82,22 @@ class MLPEnsemble:
         return torch.matmul(h, self.W2) + self.b2
 
     def fit(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, *, epochs: int, batch_size: int,
-            generator: torch.Generator, progress=lambda it, **k: it) -> list[float]:
-        """Minibatch training of every teacher on its own padded shard (x (N, M, dim), y, mask
-        (N, M)); each epoch visits every teacher's shard once in a per-teacher random order."""
+            generator: torch.Generator, progress=lambda it, **k: it) -> None:
+        """Minibatch training of every teacher on its own shard, padded to the **public** slot
+        capacity M (x (N, M, dim), y, mask (N, M)). Each epoch visits every teacher's shard once
+        in a per-teacher random order (real examples first, padding last) in
+        :func:`teacher_batches_per_epoch` (M, batch_size) steps: the schedule is a function of the
+        public capacity, never of the realised shard sizes, so one member changes one teacher's
+        data and nothing else (a batch that is all padding gives that teacher a zero gradient;
+        its Adam step then moves by momentum only, whatever the other shards hold). The training
+        loss is not recorded: it is a noise-free statistic of the members."""
         N, M, _ = x.shape
-        losses = []
-        counts = mask.sum(1)
         for _ in progress(range(epochs), desc="pate teacher epochs", leave=False):
             # a random order of each teacher's real examples first, padding last
             keys = torch.rand(N, M, generator=generator) + (~mask).float() * 2
             order = keys.argsort(1)
-            total = 0.0
-            for a in range(0, int(counts.max()), batch_size):
-                idx = order[:, a:a + batch_size]
+            for b in range(teacher_batches_per_epoch(M, batch_size)):
+                idx = order[:, b * batch_size:(b + 1) * batch_size]
                 xb = torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[2]))
                 yb = torch.gather(y, 1, idx)
                 mb = torch.gather(mask, 1, idx).float()
@@ -96,9 +107,6 @@ class MLPEnsemble:
                 self.opt.zero_grad(set_to_none=True)
                 per.sum().backward()
                 self.opt.step()
-                total += float(per.detach().sum())
-            losses.append(total / N)
-        return losses
 
     @torch.no_grad()
     def votes(self, x: torch.Tensor, num_classes: int, chunk: int = 500) -> torch.Tensor:
@@ -108,6 +116,13 @@ class MLPEnsemble:
             pred = self.logits(x[a:a + chunk]).argmax(-1)  # (N, q)
             out.append(F.one_hot(pred, num_classes).sum(0).float())
         return torch.cat(out)
+
+
+def teacher_batches_per_epoch(capacity: int, batch_size: int) -> int:
+    """Optimizer steps per teacher epoch: ceil(capacity / batch_size), with ``capacity`` the
+    public slot capacity of a shard (:func:`defenses.datalens.shard_capacity`), so that adding or
+    removing a member never changes any teacher's number of steps."""
+    return max(1, math.ceil(int(capacity) / int(batch_size)))
 
 
 def confident_gnmax(counts: torch.Tensor, threshold: float, sigma1: float, sigma2: float,
@@ -177,9 +192,13 @@ class PATE(Defense):
         members = task.members
         N = c.teachers
         x = members.x.reshape(len(members), -1).float()
-        shards = partition(np.asarray(members.index), members.y.numpy(), N, c.partition, ctx.seed,
-                           row_universe(task))
-        M = max(len(s) for s in shards)
+        universe = row_universe(task)
+        shards = partition(np.asarray(members.index), members.y.numpy(), N, c.partition, ctx.seed, universe)
+        # shards are padded to the public slot capacity (not the realised largest shard): the
+        # teachers' schedule must not depend on the other members
+        M = shard_capacity(universe, N)
+        if max(len(s) for s in shards) > M:  # pragma: no cover - partition guarantees it
+            raise BenchError("pate: a shard exceeds the slot capacity")
         pos = np.zeros((N, M), dtype=np.int64)
         mask = np.zeros((N, M), dtype=bool)
         for i, s in enumerate(shards):
@@ -187,8 +206,8 @@ class PATE(Defense):
         pos_t = torch.from_numpy(pos)
         gen = torch.Generator().manual_seed(ctx.seed * 7717 + 1)
         ens = MLPEnsemble(N, x.shape[1], K, c.teacher_hidden, gen, c.teacher_lr)
-        tl = ens.fit(x[pos_t], members.y[pos_t], torch.from_numpy(mask), epochs=c.teacher_epochs,
-                     batch_size=c.teacher_batch_size, generator=gen, progress=ctx.progress)
+        ens.fit(x[pos_t], members.y[pos_t], torch.from_numpy(mask), epochs=c.teacher_epochs,
+                batch_size=c.teacher_batch_size, generator=gen, progress=ctx.progress)
         t_teach = time.time() - t0
         # ---- from here on only the teachers' noisy votes are used ----
         pool = task.nonmembers
@@ -226,14 +245,14 @@ class PATE(Defense):
             raise BenchError(f"pate: only {n_ans} queries answered (sigma1 {sigma1:.1f}, threshold "
                              f"{c.threshold * N:.0f}); lower the threshold or raise the budget")
         train = Split(queries.x[ans_idx], labels[ans_idx].long(), queries.index[ans_idx])
-        label_acc = float((labels[ans_idx] == queries.y[ans_idx]).float().mean())  # diagnostic only
+        # diagnostic from DP outputs (answered set, noisy labels) and non-member labels only
+        label_acc = float((labels[ans_idx] == queries.y[ans_idx]).float().mean())
         spec = spec_for(task, c.student_arch)
         torch.manual_seed(ctx.seed * 7717 + 3)
         student = build_model(spec)
         student, hist = S.train_student(student, train, task.val, epochs=c.student_epochs, lr=c.student_lr,
                                         batch_size=c.student_batch_size, device=ctx.device, seed=ctx.seed * 7717 + 4,
                                         progress=ctx.progress)
-        plurality_acc = float((counts.argmax(1) == queries.y).float().mean())  # diagnostic only
         privacy = PrivacyReport(
             spent, ctx.delta if private else 0.0, "example",
             "RDP (dp_accounting), data-independent" if private else "none (no noise)",
@@ -243,10 +262,12 @@ class PATE(Defense):
              "target_epsilon": ctx.epsilon, "partition": c.partition,
              "neighbouring": "add/remove one member (changes one teacher's vote)",
              "rdp_per_check": "lambda / (2 sigma1^2)", "rdp_per_answer": "lambda / sigma2^2"})
-        info = {"history": {"student": hist, "teacher_loss": tl}, "selected_by": "val_acc",
+        # only DP outputs, public quantities and non-member data: no noise-free statistic of the
+        # members (teacher losses, noise-free vote accuracy, realised shard sizes)
+        info = {"history": {"student": hist}, "selected_by": "val_acc",
                 "selected_epoch": hist["selected_epoch"], "query_pool": "task.nonmembers (seeded order)",
                 "query_rows": [int(r) for r in queries.index[:checks]],
                 "answered_rows": [int(r) for r in queries.index[ans_idx]],
-                "answer_label_accuracy": label_acc, "plurality_accuracy": plurality_acc,
-                "teacher_seconds": t_teach, "shard_sizes": [min(len(s) for s in shards), M]}
+                "answer_label_accuracy": label_acc, "teacher_seconds": t_teach, "shard_capacity": M,
+                "teacher_batches_per_epoch": teacher_batches_per_epoch(M, c.teacher_batch_size)}
         return Release({"model": student.cpu().eval()}, {"model": spec}, privacy, info)

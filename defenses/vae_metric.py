@@ -18,10 +18,12 @@ unit of L2 distance between latent codes (the VAE prior is N(0, I), so two typic
 sqrt(2 d) apart and their outputs are only exp(epsilon sqrt(2 d))-indistinguishable). Each member
 is perturbed once (parallel composition over members). The encoder and decoder are trained on the
 members without any noise and the labels are released as they are, so the release has **no
-example-level DP guarantee** (DP epsilon = inf). The privacy unit is reported as ``example`` (the
-closest: the protected object is one member's record) with ``delta = 0``, and
-``extra["guarantee"] = "metric privacy, not DP"``; tables must not rank it against DP rows by
-epsilon.
+example-level DP guarantee** (DP epsilon = inf). The privacy unit is ``metric`` (metric privacy,
+not DP) with ``delta = 0``; ``extra["metric"]`` names the metric (L2 distance between latent
+codes), ``extra["metric_scale"]`` its scale (sqrt(2 d), the typical distance between two codes
+under the N(0, I) prior, so two typical members are exp(epsilon * metric_scale)-indistinguishable)
+and ``extra["guarantee"] = "metric privacy, not differential privacy"``; tables must not rank it
+against DP rows by epsilon.
 """
 
 from __future__ import annotations
@@ -140,7 +142,7 @@ class VAEMetric(Defense):
     """VAE latent codes perturbed under metric privacy, decoded into a synthetic training set."""
 
     Config = VAEMetricConfig
-    privacy_unit = "example"  # closest unit; the guarantee is metric privacy, not DP (see module doc)
+    privacy_unit = "metric"  # metric (d_X) privacy, not DP (see module doc)
     paper = "Yang et al., Privacy-preserving generative framework against membership inference attacks, 2022"
 
     def fit(self, ctx) -> Release:
@@ -166,11 +168,14 @@ class VAEMetric(Defense):
                                         device=ctx.device, seed=ctx.seed * 5501 + 4, progress=ctx.progress)
         code_dist = float(torch.cdist(mu[:500], mu[500:1000]).mean()) if len(mu) >= 1000 else float("nan")
         privacy = PrivacyReport(
-            ctx.epsilon, 0.0, "example",
+            ctx.epsilon, 0.0, "metric",
             "none (metric privacy: one perturbed code per member, parallel composition; no DP accounting)",
             "metric (d_X) privacy: latent code + noise with density ~ exp(-eps ||n||_2)",
             {"guarantee": "metric privacy, not differential privacy", "dp_epsilon": None,
-             "metric": "L2 distance between VAE latent codes (prior N(0, I))",
+             "metric": "L2 distance between VAE latent codes mu(x) (prior N(0, I))",
+             "metric_scale": math.sqrt(2 * c.latent_dim),
+             "metric_scale_note": "sqrt(2 d): typical L2 distance between two codes under the prior; two typical "
+                                  "members are exp(epsilon * metric_scale)-indistinguishable",
              "epsilon_per_unit_distance": ctx.epsilon, "latent_dim": c.latent_dim,
              "mean_noise_norm": c.latent_dim / ctx.epsilon if not math.isinf(ctx.epsilon) else 0.0,
              "mean_code_distance": code_dist,
