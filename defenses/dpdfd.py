@@ -68,6 +68,8 @@ class DPDFDConfig:
     query_composition: Literal["parallel", "per-iteration"] = "parallel"
     accountant: Literal["pld", "rdp"] = "pld"
     noise_multiplier: Optional[float] = None
+    #: ``per-sample`` (sound) or ``batch-mean`` (the authors' snippet: std / B); see dpsd
+    noise_scale: Literal["per-sample", "batch-mean"] = "per-sample"
     w_oh: float = 1.0
     w_ie: float = 5.0
     w_act: float = 0.1
@@ -108,31 +110,27 @@ class DPDFD(Defense):
         generator = D.seeded_init(ctx.seed * 1000 + 23, lambda: build_model(gspec))
         rng = torch.Generator().manual_seed(ctx.seed * 1000 + 27)
         noise_rng = torch.Generator().manual_seed(ctx.seed * 1000 + 29)
-        sens = sensitivity_factor(c.neighbouring)
-        if c.noise_multiplier is None:
-            z = D.calibrate_gaussian(ctx.epsilon, ctx.delta,
-                                         D.own_unit_compositions(c.query_composition, c.iterations), c.accountant)
-        else:
-            z = c.noise_multiplier / sens
-        sigma = z * sens
-        annotate = D.GaussianAnnotator(sigma, c.norm_bound, c.stability, None, c.target_step, "kl", c.temperature,
-                                       generator=noise_rng)
-        # example level: every one of the B answers of an iteration may change -> joint L2
-        # sensitivity sens * C * sqrt(B) per iteration
-        z_ex = sigma / (sens * math.sqrt(c.batch_size))
-        ledger = D.GaussianLedger(z, z_ex, ctx.delta, c.accountant, c.query_composition)
+        plan = D.plan_gaussian(ctx.epsilon, ctx.delta, iterations=c.iterations, batch_size=c.batch_size,
+                               sens=sensitivity_factor(c.neighbouring), query_composition=c.query_composition,
+                               accountant=c.accountant, noise_multiplier=c.noise_multiplier,
+                               noise_scale=c.noise_scale)
+        annotate = D.GaussianAnnotator(plan.applied, c.norm_bound, c.stability, None, c.target_step, "kl",
+                                       c.temperature, generator=noise_rng)
+        ledger = D.GaussianLedger(plan.z, plan.z_example, ctx.delta, c.accountant, c.query_composition,
+                                  released_multiplier=plan.z_released)
         loop = D.LoopConfig(c.iterations, c.batch_size, c.lr_student, c.lr_generator, c.w_oh, c.w_ie, c.w_act, 0.0,
                             c.eval_every, c.select_on_val, generator_every=c.generator_every, ema=c.ema)
         hist = D.transcribe(teacher=teacher, student=student, generator=generator, annotate=annotate, mode="data",
                             cfg=loop, rng=rng, device=ctx.device, val=task.val, on_query=lambda it: ledger.step(),
                             on_eval=lambda it: {"epsilon": ledger.epsilon()}, progress=ctx.progress, log=ctx.log)
         spent = ledger.epsilon()
-        eps_ex = ledger.epsilon_example_level()
+        mech = "Gaussian mechanism on per-sample normalized KL logit gradients (no subsampling)"
+        if c.noise_scale == "batch-mean":
+            mech += "; noise std divided by the batch size (the authors' batch-mean scaling)"
         privacy = PrivacyReport(
-            spent, ctx.delta, "query", f"{c.accountant.upper()} (dp_accounting)",
-            "Gaussian mechanism on per-sample normalized KL logit gradients (no subsampling)",
-            {"epsilon_example_level": eps_ex, "noise_multiplier": sigma, "accountant_multiplier": z,
-             "example_level_multiplier": z_ex, "iterations": ledger.steps, "queries": ledger.steps * c.batch_size,
+            spent, ctx.delta, "query", f"{c.accountant.upper()} (dp_accounting)", mech,
+            {**D.gaussian_privacy_extra(plan, ledger),
+             "iterations": ledger.steps, "queries": ledger.steps * c.batch_size,
              "norm_bound": c.norm_bound, "neighbouring": c.neighbouring, "target_epsilon": ctx.epsilon,
              "unit_definition": D.QUERY_UNITS[c.query_composition], "query_composition": c.query_composition,
              "selection_on_private_val": c.select_on_val})

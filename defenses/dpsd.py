@@ -81,6 +81,11 @@ class DPSDConfig:
     accountant: Literal["pld", "rdp"] = "pld"
     #: fixed noise multiplier (std / C); None = calibrate to epsilon over ``iterations``
     noise_multiplier: Optional[float] = None
+    #: how the calibrated noise is applied to each per-sample gradient: ``per-sample`` (sound:
+    #: std sigma C) or ``batch-mean`` (the DPDFD authors' snippet: std sigma C / B, the scale of a
+    #: mechanism on the batch mean, while per-sample targets are released). The report carries the
+    #: claimed, released and example-level epsilon (see docs/methods/dpsd.md)
+    noise_scale: Literal["per-sample", "batch-mean"] = "per-sample"
     # --- label-sensitive mechanism
     #: temperature of the student prior given to RRWithPrior (1 = the student's softmax)
     rr_prior_temperature: float = 1.0
@@ -153,30 +158,26 @@ class DPSD(Defense):
                             c.w_adv, c.eval_every, c.select_on_val, generator_every=c.generator_every, ema=c.ema)
         k = c.top_k if 0 < c.top_k < K else K
         if c.mode == "data":
-            sens = sensitivity_factor(c.neighbouring)
-            if c.noise_multiplier is None:
-                z = D.calibrate_gaussian(ctx.epsilon, ctx.delta,
-                                         D.own_unit_compositions(c.query_composition, c.iterations), c.accountant)
-            else:
-                z = c.noise_multiplier / sens
-            sigma = z * sens  # noise std in units of C
-            annotate = D.GaussianAnnotator(sigma, c.norm_bound, c.stability, k, c.target_step, c.loss,
+            plan = D.plan_gaussian(ctx.epsilon, ctx.delta, iterations=c.iterations, batch_size=c.batch_size,
+                                   sens=sensitivity_factor(c.neighbouring), query_composition=c.query_composition,
+                                   accountant=c.accountant, noise_multiplier=c.noise_multiplier,
+                                   noise_scale=c.noise_scale)
+            annotate = D.GaussianAnnotator(plan.applied, c.norm_bound, c.stability, k, c.target_step, c.loss,
                                            c.temperature, c.dkd_alpha, c.dkd_beta, noise_rng)
-            # example level: every one of the B answers of an iteration may change -> joint L2
-            # sensitivity sens * C * sqrt(B) per iteration
-            z_ex = sigma / (sens * math.sqrt(c.batch_size))
-            ledger = D.GaussianLedger(z, z_ex, ctx.delta, c.accountant, c.query_composition)
+            ledger = D.GaussianLedger(plan.z, plan.z_example, ctx.delta, c.accountant, c.query_composition,
+                                      released_multiplier=plan.z_released)
             hist = D.transcribe(teacher=teacher, student=student, generator=generator, annotate=annotate, mode="data",
                                 cfg=loop, rng=rng, device=ctx.device, val=task.val,
                                 on_query=lambda it: ledger.step(), on_eval=lambda it: {"epsilon": ledger.epsilon()},
                                 progress=ctx.progress, log=ctx.log)
             spent = ledger.epsilon()
-            eps_ex = ledger.epsilon_example_level()
+            mech = "Gaussian mechanism on per-sample normalized top-k logit gradients (no subsampling)"
+            if c.noise_scale == "batch-mean":
+                mech += "; noise std divided by the batch size (the DPDFD authors' batch-mean scaling)"
             privacy = PrivacyReport(
-                spent, ctx.delta, "query", f"{c.accountant.upper()} (dp_accounting)",
-                "Gaussian mechanism on per-sample normalized top-k logit gradients (no subsampling)",
-                {"epsilon_example_level": eps_ex, "noise_multiplier": sigma, "accountant_multiplier": z,
-                 "example_level_multiplier": z_ex, "iterations": ledger.steps, "queries": ledger.steps * c.batch_size,
+                spent, ctx.delta, "query", f"{c.accountant.upper()} (dp_accounting)", mech,
+                {**D.gaussian_privacy_extra(plan, ledger),
+                 "iterations": ledger.steps, "queries": ledger.steps * c.batch_size,
                  "norm_bound": c.norm_bound, "top_k": k, "neighbouring": c.neighbouring, "target_epsilon": ctx.epsilon,
                  "unit_definition": D.QUERY_UNITS[c.query_composition], "query_composition": c.query_composition,
                  "selection_on_private_val": c.select_on_val})
