@@ -51,7 +51,7 @@ class OneRunAuditConfig:
     alpha: float = 0.05
     #: (k+, k-) values per side on the geometric guess grid (Bonferroni over all pairs); a coarse
     #: grid keeps the correction small: the largest certifiable bound at m = 500, delta = 1e-5 is
-    #: 4.37 with 4 values per side and 3.15 with 12
+    #: 2.98 with 4 values per side and 2.68 with 12 (docs/methods/audit.md)
     grid_size: int = 4
     canary_seed: int = 0
 
@@ -106,7 +106,8 @@ class OneRunAudit(Attack):
             scores = logit_scaled_confidence(predict_logits(audited.model, canaries.x, ctx.device).cpu(), canaries.y)
         scores = np.asarray(scores, dtype=np.float64)
         delta = audit_delta(ctx, audited)
-        res = one_run_eps_lower_bound(scores, included, alpha=c.alpha, delta=delta, grid_size=c.grid_size, m=c.m)
+        res = one_run_eps_lower_bound(scores, included, alpha=c.alpha, delta=delta, grid_size=c.grid_size, m=c.m,
+                                      seed=ctx.seed)
         metrics = {"eps_lb": res.eps_lb, "eps_lb_max_certifiable": res.eps_max, "m": float(c.m),
                    "n_included": float(included.sum()), "guesses": float(res.guesses), "correct": float(res.correct),
                    "k_pos": float(res.k_pos), "k_neg": float(res.k_neg), "n_guess_pairs": float(res.n_tries),

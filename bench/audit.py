@@ -21,8 +21,8 @@ Two statistics, both pure functions of scores (higher score = "more likely a mem
 :func:`one_run_eps_lower_bound` (Steinke, Nasr & Jagielski, NeurIPS 2023)
     ``m`` canaries, each included independently with probability 1/2, one training run. The
     auditor guesses "in" for its ``k_pos`` highest scores, "out" for its ``k_neg`` lowest and
-    abstains on the rest (tied scores are ordered against the auditor: the guesses counted are
-    the worst over all tie-breakings, so ties and the input order can never raise the bound); with ``r`` guesses of which ``v`` are right, under (eps, delta)-DP
+    abstains on the rest (tied scores are put in a seeded random order independent of the
+    inclusion bits, so ties and the input order can never count for the auditor); with ``r`` guesses of which ``v`` are right, under (eps, delta)-DP
     ``P[v' >= v] <= P[Bin(r, q) >= v] + 2 m delta max_i (1/i) P[v > Bin(r, q) >= v - i]``,
     ``q = e^eps / (1 + e^eps)`` (their Theorem 3.1 / Algorithm 2). The bound is the largest eps
     whose p-value stays below ``alpha``; a sweep over (k_pos, k_neg) is Bonferroni-corrected.
@@ -255,24 +255,26 @@ class OneRunResult:
 
 
 def one_run_eps_lower_bound(scores, included, *, alpha: float = 0.05, delta: float = 0.0, grid_size: int = 12,
-                            m: int | None = None) -> OneRunResult:
+                            m: int | None = None, seed: int = 0) -> OneRunResult:
     """One-run bound from canary ``scores`` and inclusion bits ``included`` (1 = trained on).
 
     Sweeps ``k_pos`` (top scores guessed "in") and ``k_neg`` (bottom scores guessed "out") on a
     geometric grid and Bonferroni-corrects over the pairs tried. ``m`` defaults to
-    ``len(scores)`` (every canary scored).
+    ``len(scores)`` (every canary scored). ``seed``: the random order of tied scores.
     """
     s = _finite(scores, "scores")
     inc = np.asarray(included).astype(bool).ravel()
     if inc.shape != s.shape:
         raise ValueError("scores and included must have the same length")
     m = len(s) if m is None else int(m)
-    # Ties never count for the auditor: within a group of tied scores the canaries that were NOT
-    # included come first (descending order), so a tie straddling the "in" cut is guessed wrong
-    # first and one straddling the "out" cut (read from the end) likewise. This is the worst case
-    # over every tie-breaking, hence no larger than a seeded random one: the test stays valid
-    # whatever the tie structure or the order the caller passed the canaries in.
-    order = np.lexsort((inc, -s))
+    # Ties never count for the auditor: tied scores are put in a seeded random order drawn
+    # independently of the inclusion bits (a randomised test is still a test), so neither the
+    # order in which the caller passed the canaries (the attacks pass members first) nor the tie
+    # structure can move a guess into the auditor's favour. (Breaking ties worst-case instead,
+    # against the auditor, is valid too but leaves no power on two- or three-valued scores such
+    # as a released randomized-response label: every cut inside a tie group counts all wrong.)
+    tie_break = np.random.default_rng([int(seed), 0x7E5]).random(len(s))
+    order = np.lexsort((tie_break, -s))
     inc_sorted = inc[order]
     n = len(s)
     top_correct = np.r_[0, np.cumsum(inc_sorted)]  # correct "in" guesses among the top k
@@ -290,13 +292,25 @@ def one_run_eps_lower_bound(scores, included, *, alpha: float = 0.05, delta: flo
         e = one_run_eps(m, r, v, alpha=a, delta=delta)
         if e > best[0]:
             best = (e, int(kp), int(kn), r, v)
-    ceiling = one_run_max_certifiable_eps(n, alpha=alpha, delta=delta, grid_size=grid_size, m=m)
+    ceiling = one_run_max_certifiable_eps(n, alpha=alpha, delta=delta, grid_size=grid_size, m=m,
+                                          n_included=int(inc.sum()))
     return OneRunResult(best[0], ceiling, best[1], best[2], best[3], best[4], len(pairs))
 
 
 def one_run_max_certifiable_eps(n: int, *, alpha: float = 0.05, delta: float = 0.0, grid_size: int = 12,
-                                m: int | None = None) -> float:
-    """The bound on perfect guesses with every canary guessed, at the same Bonferroni split."""
+                                m: int | None = None, n_included: int | None = None) -> float:
+    """The bound :func:`one_run_eps_lower_bound` returns on perfectly separated scores: the best
+    guess pair of the grid that stays inside the included (k+ <= n_included) and the excluded
+    (k- <= n - n_included) canaries, every guess right, at the same Bonferroni split.
+    ``n_included`` defaults to n // 2 (the expected count under fair coins). Guessing every canary
+    (r = n) is not on the grid unless k+ equals the included count, so the ceiling is what this
+    grid can reach, not the bound of r = n perfect guesses."""
+    n = int(n)
+    n_in = n // 2 if n_included is None else int(n_included)
     grid = _guess_grid(n, grid_size)
-    n_pairs = sum(1 for kp in grid for kn in grid if 0 < kp + kn <= n)
-    return one_run_eps(n if m is None else m, n, n, alpha=alpha / n_pairs, delta=delta)
+    pairs = [(kp, kn) for kp in grid for kn in grid if 0 < kp + kn <= n]
+    a = alpha / len(pairs)
+    best = 0.0
+    for r in sorted({int(kp + kn) for kp, kn in pairs if kp <= n_in and kn <= n - n_in}):
+        best = max(best, one_run_eps(n if m is None else m, r, r, alpha=a, delta=delta))
+    return best

@@ -119,7 +119,7 @@ def membership_summary(scores, labels, *, delta: float = 0.0, n_boot: int = 1000
     audit = eps_lower_bound(scores[labels == 1], scores[labels == 0], alpha=alpha, delta=delta, seed=seed)
     metrics.update(audit.as_metrics("eps_lb"))
     if one_run:
-        one = one_run_eps_lower_bound(scores, labels == 1, alpha=alpha, delta=delta)
+        one = one_run_eps_lower_bound(scores, labels == 1, alpha=alpha, delta=delta, seed=seed)
         metrics["eps_lb_one_run"] = one.eps_lb
         metrics["eps_lb_one_run_max_certifiable"] = one.eps_max
     return metrics

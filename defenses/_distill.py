@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.canaries import canary_answer, draw_query_canaries
 from bench.models import Classifier, _flat_dim, register_arch
 from bench.train import accuracy
 
@@ -244,12 +245,17 @@ class GaussianAnnotator:
     generator: Optional[torch.Generator] = None
     last_norms: Optional[torch.Tensor] = field(default=None, repr=False)
 
-    def __call__(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    def clean(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        """The noise-free normalized answer gbar (what the noise is added to); draws no noise."""
         s = student_logits.detach()
         g = per_sample_logit_grad(s, teacher_logits, self.loss, temperature=self.temperature,
                                   alpha=self.alpha, beta=self.beta)
+        return normalize_rows(g * topk_mask(s, self.top_k), self.bound, self.stability)
+
+    def __call__(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        s = student_logits.detach()
         mask = topk_mask(s, self.top_k)
-        gbar = normalize_rows(g * mask, self.bound, self.stability)
+        gbar = self.clean(s, teacher_logits)
         self.last_norms = gbar.norm(dim=1)
         noise = torch.randn(s.shape, generator=self.generator, dtype=s.dtype).to(s.device)
         noise = noise * (self.noise_multiplier * self.bound) * mask
@@ -513,6 +519,66 @@ class GaussianLedger:
 
 
 @dataclass
+class QueryCanaries:
+    """Canary queries for an audit in the mechanism's own unit (``attacks/own_unit_audit.py``).
+
+    ``m`` fixed inputs (seeded uniform-noise images, drawn before the run and independent of the
+    teacher) are queried once, together with the batch of iteration ``iteration``. For each, an
+    independent fair coin (``included``) decides whether the teacher's answer t is replaced by the
+    canary answer t' = t with its classes rolled by one (another class's logits; in label mode the
+    argmax moves to the next class). That is exactly the neighbouring relation of the ``query``
+    (``label``) unit: two runs that differ in the answer to one query. Each canary is answered
+    once (parallel composition, no extra epsilon in the own unit); its released annotation goes
+    into that iteration's student update like any other. Recorded for the auditor, who in the DP
+    game knows both candidate answers: the released annotation, the two noise-free candidates
+    (data mode: the normalized gradients for t and t'; label mode: the two labels) and the student's
+    logits at query time."""
+
+    x: torch.Tensor
+    included: torch.Tensor  # bool (m,)
+    iteration: int
+    record: dict = field(default_factory=dict)
+
+    @classmethod
+    def draw(cls, m: int, image_shape: tuple, cell_seed: int, seed: int, iteration: int) -> QueryCanaries:
+        x, included = draw_query_canaries(m, image_shape, cell_seed, seed)
+        return cls(x, included, int(iteration))
+
+    @staticmethod
+    def canary_answer(teacher_logits: torch.Tensor) -> torch.Tensor:
+        return canary_answer(teacher_logits)
+
+
+CANARY_KEYS = {"m", "seed", "iteration"}
+
+
+def make_canaries(spec: dict, image_shape: tuple, iterations: int, cell_seed: int, name: str) -> Optional[QueryCanaries]:
+    """``spec`` = the defense's ``own_unit_canaries`` config ({} = none): ``m`` canaries (>= 2),
+    ``seed`` (default 0), ``iteration`` (1..iterations; default the last)."""
+    from bench.errors import BenchError
+
+    if not spec:
+        return None
+    unknown = set(spec) - CANARY_KEYS
+    if unknown:
+        raise BenchError(f"{name}: own_unit_canaries has unknown keys {sorted(unknown)} (known: {sorted(CANARY_KEYS)})")
+    m = int(spec.get("m", 0))
+    it = int(spec.get("iteration", iterations) or iterations)
+    if m < 2 or not 1 <= it <= iterations:
+        raise BenchError(f"{name}: own_unit_canaries needs m >= 2 and 1 <= iteration <= {iterations}")
+    return QueryCanaries.draw(m, image_shape, cell_seed, int(spec.get("seed", 0)), it)
+
+
+def canary_info(canaries: Optional[QueryCanaries]) -> dict:
+    """The canary record as JSON lists (for ``release.info["own_unit_canaries"]``)."""
+    if canaries is None:
+        return {}
+    if not canaries.record:
+        raise RuntimeError("the canary iteration was never reached")
+    return {k: (v.tolist() if torch.is_tensor(v) else v) for k, v in canaries.record.items()}
+
+
+@dataclass
 class LoopConfig:
     iterations: int
     batch_size: int
@@ -559,7 +625,7 @@ def transcribe(*, teacher: nn.Module, student: nn.Module, generator: nn.Module,
                annotate: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], mode: str, cfg: LoopConfig,
                rng: torch.Generator, device, val=None, on_query: Callable[[int], None] = lambda it: None,
                on_eval: Callable[[int], dict] = lambda it: {}, progress=lambda it, **k: it,
-               log: Callable[[str], None] = lambda m: None) -> dict:
+               log: Callable[[str], None] = lambda m: None, canaries: Optional[QueryCanaries] = None) -> dict:
     """Alternate, ``cfg.iterations`` times: (1) a generator batch from N(0, I); (2) teacher and
     student logits; (3) private annotation (the only use of the teacher's output); (4) a student
     step towards the annotation; (5) a generator step with the (frozen) student as discriminator.
@@ -594,12 +660,35 @@ def transcribe(*, teacher: nn.Module, student: nn.Module, generator: nn.Module,
             x = generator(z)
             t_logits = teacher(x)
         s_logits = student(x)
+        n_batch = len(x)
+        if canaries is not None and it == canaries.iteration:
+            # audit refit only: the canary queries join this batch (answered once, like every query)
+            xc = canaries.x.to(device)
+            with torch.no_grad():
+                tc = teacher(xc)
+            inc = canaries.included.to(device)[:, None]
+            answer = torch.where(inc, QueryCanaries.canary_answer(tc), tc)
+            t_logits = torch.cat([t_logits, answer])
+            s_logits = torch.cat([s_logits, student(xc)])
         # (3): private annotation -- the only use of the teacher's output
         target = annotate(s_logits.detach(), t_logits)
+        if canaries is not None and it == canaries.iteration:
+            sc, tgt = s_logits[n_batch:].detach(), target[n_batch:].detach()
+            rec = {"iteration": it, "included": canaries.included.cpu(), "student_logits": sc.cpu(),
+                   "released": tgt.cpu(), "label_out": tc.argmax(1).cpu(),
+                   "label_in": QueryCanaries.canary_answer(tc).argmax(1).cpu()}
+            if mode == "data":
+                rec["clean_out"] = annotate.clean(sc, tc).cpu()
+                rec["clean_in"] = annotate.clean(sc, QueryCanaries.canary_answer(tc)).cpu()
+                rec["noise_std"] = float(annotate.noise_multiplier * annotate.bound)
+                rec["target_step"] = float(annotate.step)
+            canaries.record = rec
+            del tc, answer
         del t_logits
         on_query(it)
         # (4): student update on the DP annotation
         loss = s_loss(s_logits, target)
+        target = target[:n_batch]  # the generator's adversarial term pairs with its own batch only
         opt_s.zero_grad(set_to_none=True)
         loss.backward()
         opt_s.step()

@@ -79,6 +79,9 @@ class DPDFDConfig:
     ema: float = 0.0
     eval_every: int = 20
     select_on_val: bool = True
+    #: audit refits only (``own-unit-audit`` sets it): ``{m, seed, iteration}`` canary queries whose
+    #: answer is swapped for another class's with probability 1/2 (``_distill.QueryCanaries``)
+    own_unit_canaries: dict = field(default_factory=dict)
 
     def validate(self):
         if self.iterations <= 0 or self.batch_size <= 0 or self.norm_bound <= 0 or self.eval_every <= 0:
@@ -110,6 +113,7 @@ class DPDFD(Defense):
         generator = D.seeded_init(ctx.seed * 1000 + 23, lambda: build_model(gspec))
         rng = torch.Generator().manual_seed(ctx.seed * 1000 + 27)
         noise_rng = torch.Generator().manual_seed(ctx.seed * 1000 + 29)
+        canaries = D.make_canaries(c.own_unit_canaries, task.image_shape, c.iterations, ctx.seed, "dpdfd")
         plan = D.plan_gaussian(ctx.epsilon, ctx.delta, iterations=c.iterations, batch_size=c.batch_size,
                                sens=sensitivity_factor(c.neighbouring), query_composition=c.query_composition,
                                accountant=c.accountant, noise_multiplier=c.noise_multiplier,
@@ -122,7 +126,7 @@ class DPDFD(Defense):
                             c.eval_every, c.select_on_val, generator_every=c.generator_every, ema=c.ema)
         hist = D.transcribe(teacher=teacher, student=student, generator=generator, annotate=annotate, mode="data",
                             cfg=loop, rng=rng, device=ctx.device, val=task.val, on_query=lambda it: ledger.step(),
-                            on_eval=lambda it: {"epsilon": ledger.epsilon()}, progress=ctx.progress, log=ctx.log)
+                            on_eval=lambda it: {"epsilon": ledger.epsilon()}, progress=ctx.progress, log=ctx.log, canaries=canaries)
         spent = ledger.epsilon()
         mech = "Gaussian mechanism on per-sample normalized KL logit gradients (no subsampling)"
         if c.noise_scale == "batch-mean":
@@ -136,5 +140,7 @@ class DPDFD(Defense):
              "selection_on_private_val": c.select_on_val})
         info = {"history": hist, "selected_by": hist["selected_by"], "selected_iteration": hist["selected_iteration"],
                 "teacher": "none" + (f" {c.teacher}" if c.teacher else " (NoneConfig defaults)")}
+        if canaries is not None:
+            info["own_unit_canaries"] = {**D.canary_info(canaries), "mode": "data", "unit": privacy.unit}
         return Release({"model": student.cpu(), "generator": generator.cpu()},
                        {"model": sspec, "generator": gspec}, privacy, info)

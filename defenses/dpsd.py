@@ -110,6 +110,9 @@ class DPSDConfig:
     ema: float = 0.0
     eval_every: int = 20
     select_on_val: bool = True
+    #: audit refits only (``own-unit-audit`` sets it): ``{m, seed, iteration}`` canary queries whose
+    #: answer is swapped for another class's with probability 1/2 (``_distill.QueryCanaries``)
+    own_unit_canaries: dict = field(default_factory=dict)
 
     def validate(self):
         if self.iterations <= 0 or self.batch_size <= 0 or self.norm_bound <= 0 or self.eval_every <= 0:
@@ -157,6 +160,7 @@ class DPSD(Defense):
         loop = D.LoopConfig(c.iterations, c.batch_size, c.lr_student, c.lr_generator, c.w_oh, c.w_ie, c.w_act,
                             c.w_adv, c.eval_every, c.select_on_val, generator_every=c.generator_every, ema=c.ema)
         k = c.top_k if 0 < c.top_k < K else K
+        canaries = D.make_canaries(c.own_unit_canaries, task.image_shape, c.iterations, ctx.seed, "dpsd")
         if c.mode == "data":
             plan = D.plan_gaussian(ctx.epsilon, ctx.delta, iterations=c.iterations, batch_size=c.batch_size,
                                    sens=sensitivity_factor(c.neighbouring), query_composition=c.query_composition,
@@ -169,7 +173,7 @@ class DPSD(Defense):
             hist = D.transcribe(teacher=teacher, student=student, generator=generator, annotate=annotate, mode="data",
                                 cfg=loop, rng=rng, device=ctx.device, val=task.val,
                                 on_query=lambda it: ledger.step(), on_eval=lambda it: {"epsilon": ledger.epsilon()},
-                                progress=ctx.progress, log=ctx.log)
+                                progress=ctx.progress, log=ctx.log, canaries=canaries)
             spent = ledger.epsilon()
             mech = "Gaussian mechanism on per-sample normalized top-k logit gradients (no subsampling)"
             if c.noise_scale == "batch-mean":
@@ -192,7 +196,7 @@ class DPSD(Defense):
 
             hist = D.transcribe(teacher=teacher, student=student, generator=generator, annotate=annotate,
                                 mode="label", cfg=loop, rng=rng, device=ctx.device, val=task.val, on_query=on_query,
-                                on_eval=lambda it: {"epsilon": eps_rr}, progress=ctx.progress, log=ctx.log)
+                                on_eval=lambda it: {"epsilon": eps_rr}, progress=ctx.progress, log=ctx.log, canaries=canaries)
             # own unit: each query's label is released once -> eps_rr-label-DP (parallel composition)
             spent = eps_rr
             eps_ex = D.pure_dp_composition_epsilon(eps_rr, queries["n"], ctx.delta)
@@ -207,5 +211,7 @@ class DPSD(Defense):
                  "selection_on_private_val": c.select_on_val})
         info = {"history": hist, "selected_by": hist["selected_by"], "selected_iteration": hist["selected_iteration"],
                 "mode": c.mode, "generator_output": gout, "teacher": "none" + (f" {c.teacher}" if c.teacher else " (NoneConfig defaults)")}
+        if canaries is not None:
+            info["own_unit_canaries"] = {**D.canary_info(canaries), "mode": c.mode, "unit": privacy.unit}
         return Release({"model": student.cpu(), "generator": generator.cpu()},
                        {"model": sspec, "generator": gspec}, privacy, info)

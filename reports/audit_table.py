@@ -41,7 +41,12 @@ _NOT_AUDITS = ("utility", "privacy", "inversion-target")
 
 AUDIT_COLUMNS = ["dataset", "defense", "epsilon", "claimed_epsilon", "delta", "unit", "accountant", "dp_claim",
                  "compared_epsilon", "comparison", "eps_hat", "eps_hat_source", "eps_max_certifiable",
-                 "n_bounds", "audited_exceeds_claim", "eps_hat_familywise", "exceeds_claim_familywise", "flagged"]
+                 "n_bounds", "audited_exceeds_claim", "eps_hat_familywise", "exceeds_claim_familywise", "flagged",
+                 "eps_hat_own_unit", "eps_hat_own_unit_source", "eps_max_certifiable_own_unit", "n_bounds_own_unit",
+                 "eps_hat_own_unit_familywise", "own_unit_flagged"]
+
+#: own-unit bounds (attacks/own_unit_audit.py): metric -> the cached score array it comes from
+OWN_UNIT_METRICS = {"eps_lb_own_unit": "scores", "eps_lb_own_unit_student": "student_scores"}
 
 #: units whose claim is not differential privacy (metric privacy: see docs/methods/vae-metric.md)
 _NON_DP_UNITS = ("none", "metric")
@@ -117,7 +122,8 @@ def familywise_bounds(run_dir, alpha: float = 0.05) -> dict[tuple, float]:
             acfg = (json.loads(r["config"]).get("attacks") or {}).get(aname) or {}
             if acfg.get("method", aname) == "one-run-audit":
                 grid = int(acfg.get("grid_size", OneRunAuditConfig.grid_size))
-                e = one_run_eps_lower_bound(scores, labels, alpha=a, delta=delta, grid_size=grid).eps_lb
+                e = one_run_eps_lower_bound(scores, labels, alpha=a, delta=delta, grid_size=grid,
+                                            seed=int(r["seed"])).eps_lb
             else:
                 e = eps_lower_bound(scores[labels], scores[~labels], alpha=a, delta=delta, seed=int(r["seed"])).eps_lb
             best = max(best, float(e))
@@ -130,6 +136,54 @@ def is_dp_claim(unit: str, accountant: str, claimed: float) -> bool:
     """Whether a row claims differential privacy: a finite epsilon, a DP unit, an accountant."""
     return (unit not in _NON_DP_UNITS and math.isfinite(claimed)
             and not str(accountant).strip().lower().startswith("none"))
+
+
+def familywise_own_unit(run_dir, alpha: float = 0.05) -> dict[tuple, float]:
+    """{(dataset, defense, epsilon label): the largest own-unit bound of the row recomputed at
+    ``alpha / K``}, K = the row's own-unit bounds (release and student, every seed), from the
+    cached canary scores. Rows with a missing array are left out."""
+    from bench.audit import one_run_eps_lower_bound
+
+    from .tables import open_run
+
+    store = open_run(run_dir)
+    try:
+        rows = store.query(
+            "SELECT c.dataset, c.defense, c.epsilon, c.seed, c.privacy, c.config, a.name, a.path FROM artifacts a "
+            "JOIN cells c USING (cell_key) JOIN metrics m ON m.cell_key = c.cell_key "
+            "AND m.source = substr(a.name, 8) AND m.name = 'eps_lb_own_unit' "
+            "WHERE c.status = 'done' AND a.kind = 'attack' AND a.name LIKE 'attack:%'")
+    finally:
+        store.close()
+    groups: dict[tuple, list] = {}
+    for r in rows:
+        groups.setdefault(_key(r["dataset"], r["defense"], "inf" if r["epsilon"] is None else f"{r['epsilon']:g}"),
+                          []).append(r)
+    out: dict[tuple, float] = {}
+    for k, rs in groups.items():
+        a = alpha / (len(rs) * len(OWN_UNIT_METRICS))
+        best, complete = 0.0, True
+        for r in rs:
+            f = Path(r["path"]) / "arrays.npz"
+            if not f.exists():
+                complete = False
+                break
+            aname = r["name"].split(":", 1)[1]
+            acfg = (json.loads(r["config"]).get("attacks") or {}).get(aname) or {}
+            grid = int(acfg.get("grid_size", 4))
+            delta = float((json.loads(r["privacy"] or "{}") or {}).get("delta") or 0.0)
+            with np.load(f, allow_pickle=False) as z:
+                if not all(f"array.{n}" in z.files for n in (*OWN_UNIT_METRICS.values(), "labels")):
+                    complete = False
+                    break
+                inc = z["array.labels"].astype(bool)
+                for arr in OWN_UNIT_METRICS.values():
+                    e = one_run_eps_lower_bound(z[f"array.{arr}"].astype(np.float64), inc, alpha=a, delta=delta,
+                                                grid_size=grid, seed=int(r["seed"])).eps_lb
+                    best = max(best, float(e))
+        if complete:
+            out[k] = best
+    return out
 
 
 def _comparison(unit: str, accountant: str, claimed: float, key: tuple, example_claims: dict) -> tuple[float, str]:
@@ -147,7 +201,7 @@ def _comparison(unit: str, accountant: str, claimed: float, key: tuple, example_
 
 
 def audit_table(df: pd.DataFrame, example_claims: dict | None = None,
-                familywise: dict | None = None) -> pd.DataFrame:
+                familywise: dict | None = None, familywise_own: dict | None = None) -> pd.DataFrame:
     """The claimed-vs-audited table from a run's metrics frame (:func:`reports.tables.load_frame`).
 
     Columns: :data:`AUDIT_COLUMNS`, then one ``eps_hat[<attack>]`` column per audit (largest over
@@ -156,6 +210,7 @@ def audit_table(df: pd.DataFrame, example_claims: dict | None = None,
     (optional; without it the family-wise columns are NaN / None)."""
     example_claims = example_claims or {}
     familywise = familywise or {}
+    familywise_own = familywise_own or {}
     need = {"dataset", "defense", "epsilon", "seed", "unit", "delta", "accountant", "source", "metric", "value"}
     missing = need - set(df.columns)
     if missing:
@@ -200,6 +255,26 @@ def audit_table(df: pd.DataFrame, example_claims: dict | None = None,
         # (multiple testing must not count for the auditor); without them, the per-bound flag
         row["flagged"] = (row["audited_exceeds_claim"] if row["exceeds_claim_familywise"] is None
                           else row["exceeds_claim_familywise"])
+        # own-unit audits: compared with the claim itself, in its own unit (query / label)
+        own = g[g.metric.isin(list(OWN_UNIT_METRICS))]
+        own_ok = unit in ("query", "label", "example") and math.isfinite(claimed)
+        if len(own):
+            vals = own["value"].astype(float).to_numpy()
+            i = int(np.argmax(vals))
+            caps = g.loc[g.metric.isin([f"{m}_max_certifiable" for m in OWN_UNIT_METRICS]), "value"].astype(float)
+            fwo = familywise_own.get(_key(ds, d, eps))
+            exceeds = bool(own_ok and vals[i] > claimed)
+            row.update({"eps_hat_own_unit": float(vals[i]),
+                        "eps_hat_own_unit_source": f"{own['source'].iloc[i]}:{own['metric'].iloc[i]} "
+                                                   f"(seed {own['seed'].iloc[i]})",
+                        "eps_max_certifiable_own_unit": float(caps.max()) if len(caps) else float("nan"),
+                        "n_bounds_own_unit": int(len(vals)),
+                        "eps_hat_own_unit_familywise": float("nan") if fwo is None else float(fwo),
+                        "own_unit_flagged": exceeds if fwo is None else bool(own_ok and fwo > claimed)})
+        else:
+            row.update({"eps_hat_own_unit": float("nan"), "eps_hat_own_unit_source": "",
+                        "eps_max_certifiable_own_unit": float("nan"), "n_bounds_own_unit": 0,
+                        "eps_hat_own_unit_familywise": float("nan"), "own_unit_flagged": False})
         rows.append(row)
     cols = AUDIT_COLUMNS + [f"eps_hat[{s}]" for s in audits]
     return pd.DataFrame(rows, columns=cols)
@@ -224,13 +299,30 @@ def flagged_lines(table: pd.DataFrame) -> list[str]:
     return out
 
 
+def own_unit_flagged_lines(table: pd.DataFrame) -> list[str]:
+    """One line per row whose own-unit bound exceeds its claim (family-wise where cached)."""
+    out = []
+    for r in table[table["own_unit_flagged"].astype(bool)].itertuples(index=False):
+        fw = ("family-wise unavailable (cached scores missing)" if math.isnan(r.eps_hat_own_unit_familywise)
+              else f"family-wise over {r.n_bounds_own_unit} bounds: {r.eps_hat_own_unit_familywise:.3f}")
+        out.append(f"AUDIT {r.dataset}/{r.defense}/eps={r.epsilon}: own-unit eps_hat = {r.eps_hat_own_unit:.3f} "
+                   f"({r.eps_hat_own_unit_source}, 95 %) > claimed {r.claimed_epsilon:.3g} ({r.unit} unit, "
+                   f"delta={r.delta:g}, {r.accountant}); {fw}")
+    return out
+
+
+def unaudited_mask(table: pd.DataFrame) -> pd.Series:
+    """Rows that claim a DP epsilon but have no audited epsilon at all (membership or own unit)."""
+    return table["dp_claim"].astype(bool) & ((table["n_bounds"] + table["n_bounds_own_unit"]) == 0)
+
+
 def unaudited_lines(table: pd.DataFrame) -> list[str]:
     """One line per row that claims a DP epsilon but has no audited epsilon at all."""
     out = []
-    for r in table[table["dp_claim"].astype(bool) & (table["n_bounds"] == 0)].itertuples(index=False):
+    for r in table[unaudited_mask(table)].itertuples(index=False):
         out.append(f"AUDIT {r.dataset}/{r.defense}/eps={r.epsilon}: nothing audited: the row claims "
                    f"eps = {r.claimed_epsilon:.3g} ({r.unit}, delta={r.delta:g}, {r.accountant}) but no attack of "
-                   "the run computed an eps lower bound (add a membership attack or one-run-audit)")
+                   "the run computed an eps lower bound (add a membership attack, one-run-audit or own-unit-audit)")
     return out
 
 
@@ -247,7 +339,7 @@ def _fmt(v) -> str:
 
 
 def warning_line(table: pd.DataFrame) -> str:
-    flagged = table[table["flagged"].astype(bool)]
+    flagged = table[table["flagged"].astype(bool) | table["own_unit_flagged"].astype(bool)]
     n = len(flagged)
     if not n:
         return ""
@@ -261,7 +353,7 @@ def write_audit_report(run_dir, df: pd.DataFrame, out, summary_md: Path | None =
     """Write ``audit.md`` and ``audit.csv`` into ``out``; when a row is flagged, put the warning
     line at the top of ``summary_md`` too. Returns the paths written."""
     out = Path(out)
-    table = audit_table(df, example_level_claims(run_dir), familywise_bounds(run_dir))
+    table = audit_table(df, example_level_claims(run_dir), familywise_bounds(run_dir), familywise_own_unit(run_dir))
     csv = out / "audit.csv"
     table.to_csv(csv, index=False)
     disp = table.copy()
@@ -272,14 +364,15 @@ def write_audit_report(run_dir, df: pd.DataFrame, out, summary_md: Path | None =
     if missing:
         warn = (warn + "\n\n" if warn else "") + "> **Nothing audited** in " + str(len(missing)) + \
             " row(s) that claim a DP ε: " + "; ".join(f"{r.dataset}/{r.defense}/eps={r.epsilon}" for r in
-                                                    table[table["dp_claim"] & (table["n_bounds"] == 0)]
+                                                    table[unaudited_mask(table)]
                                                     .itertuples(index=False)) + " (no attack computed ε̂)."
     md = out / "audit.md"
     md.write_text("# Claimed vs audited ε\n\n" + (warn + "\n\n" if warn else "")
                   + "ε̂: empirical lower bounds at 95 % (largest over seeds), beside the largest bound the "
                   "sample sizes could certify; `eps_hat_familywise`: all of a row's bounds at once at 95 % "
-                  "(Bonferroni over `n_bounds`). Compared only with example-level claims (see "
-                  "docs/methods/audit.md).\n\n" + disp.to_markdown(index=False) + "\n")
+                  "(Bonferroni over `n_bounds`). Membership bounds (`eps_hat`) are compared only with "
+                  "example-level claims; own-unit bounds (`eps_hat_own_unit`, the `own-unit-audit` canaries in "
+                  "the query or label unit) with the claim of their own unit (see docs/methods/audit.md).\n\n" + disp.to_markdown(index=False) + "\n")
     if warn and summary_md is not None and Path(summary_md).exists():
         text = Path(summary_md).read_text()
         head, sep, rest = text.partition("\n\n")

@@ -191,12 +191,15 @@ def check_audit(run_dir, unaudited: str = "fail") -> tuple[bool, list[str]]:
         audit_table,
         example_level_claims,
         familywise_bounds,
+        familywise_own_unit,
         flagged_lines,
+        own_unit_flagged_lines,
         unaudited_lines,
     )
 
-    table = audit_table(load_frame(run_dir), example_level_claims(run_dir), familywise_bounds(run_dir))
-    bad = flagged_lines(table)
+    table = audit_table(load_frame(run_dir), example_level_claims(run_dir), familywise_bounds(run_dir),
+                        familywise_own_unit(run_dir))
+    bad = flagged_lines(table) + own_unit_flagged_lines(table)
     missing = unaudited_lines(table)
     n = int(table["n_bounds"].sum())
     lines = [f"FAIL {line}" for line in bad]

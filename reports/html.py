@@ -69,7 +69,8 @@ def audit_section(run_dir: str | Path, frame: pd.DataFrame) -> tuple[str, list[s
         from . import audit_table as mod
     except ImportError:
         return "<p><em>Claimed-vs-audited ε table not available: reports/audit_table.py is not installed.</em></p>", []
-    table = mod.audit_table(frame, mod.example_level_claims(run_dir))
+    table = mod.audit_table(frame, mod.example_level_claims(run_dir), mod.familywise_bounds(run_dir),
+                            mod.familywise_own_unit(run_dir))
     disp = table.copy()
     for c in disp.columns:
         disp[c] = [mod._fmt(v).replace("**", "") for v in disp[c]]
@@ -77,7 +78,8 @@ def audit_section(run_dir: str | Path, frame: pd.DataFrame) -> tuple[str, list[s
     head = f'<p class="fail"><strong>{html.escape(warn)}</strong></p>' if warn else ""
     return head + _table_html(disp), [
         "ε̂: empirical lower bounds at 95 % (largest over seeds), beside the largest bound the sample sizes could "
-        "certify. Compared only with example-level claims (docs/methods/audit.md)."]
+        "certify. Membership bounds are compared only with example-level claims; own-unit bounds "
+        "(own-unit-audit) with the claim of their own unit, query or label (docs/methods/audit.md)."]
 
 
 def _when(t) -> str:

@@ -85,7 +85,8 @@ def test_memorising_model_certifies_a_large_epsilon(task):
     (req,) = ctx.requests
     assert req["name"] == "fake" and req["config"] == {"a": 1} and req["epsilon"] == 1.0 and req["seed"] == 0
     assert len(req["task"].members) == 200 + int(m["n_included"])
-    ceiling = one_run_max_certifiable_eps(200, delta=1e-5, m=200, grid_size=OneRunAudit.Config().grid_size)
+    ceiling = one_run_max_certifiable_eps(200, delta=1e-5, m=200, grid_size=OneRunAudit.Config().grid_size,
+                                          n_included=int(m["n_included"]))
     assert m["eps_lb_max_certifiable"] == pytest.approx(ceiling)
     assert m["canary_auc"] > 0.95
     assert m["eps_lb"] > 0.6 * ceiling and m["eps_lb"] <= ceiling + 1e-9, m

@@ -61,20 +61,27 @@ TIES = ["constant", "two-levels", "few-levels", "saturated", "continuous"]
 ORDERS = ["members-first", "nonmembers-first", "shuffled"]
 
 
-@pytest.mark.parametrize("ties", TIES)
-@pytest.mark.parametrize("order", ORDERS)
-def test_uninformative_scores_certify_nothing(ties, order):
-    """membership_summary on scores independent of the labels: eps_lb = eps_lb_one_run = 0 in
-    >= 99 % of draws (failed before: constant scores, members first, certified 4.83)."""
-    rng = np.random.default_rng([7, TIES.index(ties), ORDERS.index(order)])
-    draws, certified = 100, 0
-    for i in range(draws):
-        labels = np.r_[np.ones(N), np.zeros(N)].astype(int)
-        scores = _tie_structure(rng, ties, 2 * N)
-        s, y = _ordered(rng, order, scores, labels)
-        m = membership_summary(s, y, n_boot=0, seed=i)
-        certified += (m["eps_lb"] > 0) or (m["eps_lb_one_run"] > 0)
-    assert certified <= 0.01 * draws, f"{certified}/{draws} draws certified eps > 0 from uninformative scores"
+def test_uninformative_scores_certify_nothing():
+    """membership_summary on scores independent of the labels, every tie structure x every order
+    (100 seeded draws each): eps_lb = eps_lb_one_run = 0 in >= 99 % of all 1 500 draws, and in no
+    case more than 3 of its 100 (failed before: constant scores passed members first certified
+    4.83 in every draw). Each bound is a 95 % bound, so a valid one may certify in up to 5 % of
+    draws; the Bonferroni corrections over thresholds and guess pairs keep the real rate lower."""
+    total, certified = 0, 0
+    for ti, ties in enumerate(TIES):
+        for oi, order in enumerate(ORDERS):
+            rng = np.random.default_rng([7, ti, oi])
+            case = 0
+            for i in range(100):
+                labels = np.r_[np.ones(N), np.zeros(N)].astype(int)
+                scores = _tie_structure(rng, ties, 2 * N)
+                s, y = _ordered(rng, order, scores, labels)
+                m = membership_summary(s, y, n_boot=0, seed=i)
+                case += (m["eps_lb"] > 0) or (m["eps_lb_one_run"] > 0)
+            assert case <= 3, f"{ties}/{order}: {case}/100 draws certified eps > 0 from uninformative scores"
+            total += 100
+            certified += case
+    assert certified <= 0.01 * total, f"{certified}/{total} draws certified eps > 0"
 
 
 @pytest.mark.parametrize("ties", TIES)
@@ -92,10 +99,10 @@ def test_one_run_bound_with_fair_coins_and_ties(ties):
 
 
 def test_ties_never_count_for_the_auditor_exactly():
-    """Fully tied scores: not a single guess is counted right beyond the worst case."""
+    """Fully tied scores, included canaries passed first: nothing certified for any tie seed."""
     inc = np.r_[np.ones(200, bool), np.zeros(200, bool)]
-    r = one_run_eps_lower_bound(np.zeros(400), inc)
-    assert r.eps_lb == 0.0
+    for seed in range(20):
+        assert one_run_eps_lower_bound(np.zeros(400), inc, seed=seed).eps_lb == 0.0
     # the same canaries, scores that really separate them: the bound is large
     r2 = one_run_eps_lower_bound(inc.astype(float), inc)
     assert r2.eps_lb > 2.0
