@@ -358,7 +358,7 @@ def write_audit_report(run_dir, df: pd.DataFrame, out, summary_md: Path | None =
     table.to_csv(csv, index=False)
     disp = table.copy()
     for c in disp.columns:
-        disp[c] = [_fmt(v) for v in disp[c]]
+        disp[c] = [("yes" if v else "no") if c == "dp_claim" else _fmt(v) for v in disp[c]]
     warn = warning_line(table)
     missing = unaudited_lines(table)
     if missing:

@@ -73,7 +73,7 @@ def audit_section(run_dir: str | Path, frame: pd.DataFrame) -> tuple[str, list[s
                             mod.familywise_own_unit(run_dir))
     disp = table.copy()
     for c in disp.columns:
-        disp[c] = [mod._fmt(v).replace("**", "") for v in disp[c]]
+        disp[c] = [("yes" if v else "no") if c == "dp_claim" else mod._fmt(v).replace("**", "") for v in disp[c]]
     warn = mod.warning_line(table).lstrip("> ").replace("**", "")
     head = f'<p class="fail"><strong>{html.escape(warn)}</strong></p>' if warn else ""
     return head + _table_html(disp), [
