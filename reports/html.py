@@ -124,7 +124,8 @@ def write_html(run_dir: str | Path, out_dir: str | Path, *, summary: pd.DataFram
              f'<div class="meta">{meta}<div>rendered {time.strftime("%Y-%m-%d %H:%M:%S")} by '
              f"<code>bench report</code> from <code>{html.escape(str(Path(run_dir)))}</code></div></div>",
              "<nav><p>" + " · ".join(f'<a href="#{a}">{t}</a>' for a, t in [
-                 ("accuracy", "accuracy"), ("summary", "summary"), ("audit", "claimed vs audited ε"),
+                 ("accuracy", "accuracy"), ("study", "privacy study"), ("summary", "summary"),
+                 ("audit", "claimed vs audited ε"),
                  ("membership", "membership"), ("inversion", "inversion"), ("curves", "curves"),
                  ("roc", "ROC"), ("grids", "inversion grids")]) + "</p></nav>"]
 
@@ -134,6 +135,8 @@ def write_html(run_dir: str | Path, out_dir: str | Path, *, summary: pd.DataFram
         parts.append(_notes(t.notes))
 
     table("accuracy", by["accuracy"])
+    if "study" in by:
+        table("study", by["study"])
     parts.append('<h2 id="summary">Every metric (mean ± std over seeds)</h2>')
     parts.append(_table_html(summary))
     parts.append(_notes(["Accuracies in %; leakage metrics raw (AUC 0.5 = chance). ε spent is what the accountant "

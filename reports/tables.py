@@ -372,7 +372,9 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> list[Pat
     tex.write_text(latex(disp, caption="Every metric, mean ± std over seeds"))
     paths.append(tex)
     # paper-style tables, each as .md/.tex/.csv
-    tables = paper_tables(df)
+    from .study import study_table
+
+    tables = paper_tables(df) + [study_table(df, run_dir)]
     for t in tables:
         paths += t.write(out)
     from .html import write_html

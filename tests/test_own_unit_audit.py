@@ -193,3 +193,23 @@ def test_own_unit_audit_end_to_end(audit_run, cli, tmp_path):
     code, o, e = cli("check", out, "--baseline", base)
     fails = [ln for ln in o.splitlines() if ln.startswith("FAIL AUDIT")]
     assert code == 1 and len(fails) == 1 and "dpsd-bm" in fails[0] and "own-unit" in fails[0], o + e
+
+
+def test_study_table_shows_the_three_figures(audit_run):
+    """study.md: claimed, released and example-level epsilon per row, the own-unit bound beside
+    them; the authors' scaling releases far more than it claims, the sound mechanism does not."""
+    from reports.tables import write_report
+
+    out, _ = audit_run
+    write_report(out)
+    md = (out / "report" / "study.md").read_text()
+    assert "released ε (unit)" in md and "example-level ε" in md and "ε̂ own unit (95 %)" in md
+    import pandas as pd
+
+    data = pd.read_csv(out / "report" / "study.csv").set_index("defense")
+    assert data.loc["dpsd-bm", "released_epsilon"] > 100 * data.loc["dpsd-bm", "claimed_epsilon"]
+    assert data.loc["dpsd", "released_epsilon"] == pytest.approx(data.loc["dpsd", "claimed_epsilon"])
+    assert data.loc["dpsd-bm", "eps_hat_own_unit"] > data.loc["dpsd-bm", "claimed_epsilon"]
+    assert data.loc["dpsd", "eps_hat_own_unit"] <= data.loc["dpsd", "claimed_epsilon"]
+    assert data.loc["none", "example_level_epsilon"] == float("inf")
+    assert "Privacy study" in (out / "report" / "report.html").read_text()
