@@ -167,7 +167,7 @@ def metric_table(run_dir: Path) -> dict:
     rows = store_rows(run_dir, "SELECT c.dataset, c.defense, c.epsilon, c.seed, m.source, m.name, m.value "
                                "FROM metrics m JOIN cells c USING (cell_key) WHERE c.status='done'")
     return {(r["dataset"], r["defense"], r["epsilon"], r["seed"], r["source"], r["name"]): r["value"]
-            for r in rows if r["name"] != "fit_seconds"}
+            for r in rows if not r["name"].endswith("_seconds")}
 
 
 def cache_entries(cache_dir: Path) -> dict[str, int]:
