@@ -544,10 +544,6 @@ class QueryCanaries:
         x, included = draw_query_canaries(m, image_shape, cell_seed, seed)
         return cls(x, included, int(iteration))
 
-    @staticmethod
-    def canary_answer(teacher_logits: torch.Tensor) -> torch.Tensor:
-        return canary_answer(teacher_logits)
-
 
 CANARY_KEYS = {"m", "seed", "iteration"}
 
@@ -667,7 +663,7 @@ def transcribe(*, teacher: nn.Module, student: nn.Module, generator: nn.Module,
             with torch.no_grad():
                 tc = teacher(xc)
             inc = canaries.included.to(device)[:, None]
-            answer = torch.where(inc, QueryCanaries.canary_answer(tc), tc)
+            answer = torch.where(inc, canary_answer(tc), tc)
             t_logits = torch.cat([t_logits, answer])
             s_logits = torch.cat([s_logits, student(xc)])
         # (3): private annotation -- the only use of the teacher's output
@@ -676,10 +672,10 @@ def transcribe(*, teacher: nn.Module, student: nn.Module, generator: nn.Module,
             sc, tgt = s_logits[n_batch:].detach(), target[n_batch:].detach()
             rec = {"iteration": it, "included": canaries.included.cpu(), "student_logits": sc.cpu(),
                    "released": tgt.cpu(), "label_out": tc.argmax(1).cpu(),
-                   "label_in": QueryCanaries.canary_answer(tc).argmax(1).cpu()}
+                   "label_in": canary_answer(tc).argmax(1).cpu()}
             if mode == "data":
                 rec["clean_out"] = annotate.clean(sc, tc).cpu()
-                rec["clean_in"] = annotate.clean(sc, QueryCanaries.canary_answer(tc)).cpu()
+                rec["clean_in"] = annotate.clean(sc, canary_answer(tc)).cpu()
                 rec["noise_std"] = float(annotate.noise_multiplier * annotate.bound)
                 rec["target_step"] = float(annotate.step)
             canaries.record = rec

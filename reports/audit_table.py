@@ -78,14 +78,9 @@ def example_level_claims(run_dir) -> dict[tuple, float]:
     return out
 
 
-def familywise_bounds(run_dir, alpha: float = 0.05) -> dict[tuple, float]:
-    """{(dataset, defense, epsilon label): the largest of the row's bounds recomputed at
-    ``alpha / K``} where K = the row's number of bounds (every attack that reported ``eps_lb``, every
-    seed), from the scores and labels cached with each attack result (float32 copies of the
-    scores the attack used). Rows with a missing array are left out."""
-    from attacks.one_run_audit import OneRunAuditConfig
-    from bench.audit import eps_lower_bound, one_run_eps_lower_bound
-
+def _attack_artifacts(run_dir, metric: str) -> dict[tuple, list]:
+    """{(dataset, defense, epsilon label): [the cached attack results of done cells whose attack
+    reported ``metric``]}, each with its cell's seed, delta, privacy, config and artifact path."""
     from .tables import open_run
 
     store = open_run(run_dir)
@@ -93,14 +88,26 @@ def familywise_bounds(run_dir, alpha: float = 0.05) -> dict[tuple, float]:
         rows = store.query(
             "SELECT c.cell_key, c.dataset, c.defense, c.epsilon, c.seed, c.delta AS cell_delta, c.privacy, "
             "c.config, a.name, a.path FROM artifacts a JOIN cells c USING (cell_key) "
-            "JOIN metrics m ON m.cell_key = c.cell_key AND m.source = substr(a.name, 8) AND m.name = 'eps_lb' "
-            "WHERE c.status = 'done' AND a.kind = 'attack' AND a.name LIKE 'attack:%'")
+            "JOIN metrics m ON m.cell_key = c.cell_key AND m.source = substr(a.name, 8) AND m.name = ? "
+            "WHERE c.status = 'done' AND a.kind = 'attack' AND a.name LIKE 'attack:%'", (metric,))
     finally:
         store.close()
     groups: dict[tuple, list] = {}
     for r in rows:
-        k = _key(r["dataset"], r["defense"], "inf" if r["epsilon"] is None else f"{r['epsilon']:g}")
-        groups.setdefault(k, []).append(r)
+        groups.setdefault(_key(r["dataset"], r["defense"], "inf" if r["epsilon"] is None else f"{r['epsilon']:g}"),
+                          []).append(r)
+    return groups
+
+
+def familywise_bounds(run_dir, alpha: float = 0.05) -> dict[tuple, float]:
+    """{(dataset, defense, epsilon label): the largest of the row's bounds recomputed at
+    ``alpha / K``} where K = the row's number of bounds (every attack that reported ``eps_lb``, every
+    seed), from the scores and labels cached with each attack result (float64 since the
+    statistics fixes; older caches hold float32 copies). Rows with a missing array are left out."""
+    from attacks.one_run_audit import OneRunAuditConfig
+    from bench.audit import eps_lower_bound, one_run_eps_lower_bound
+
+    groups = _attack_artifacts(run_dir, "eps_lb")
     out: dict[tuple, float] = {}
     for k, rs in groups.items():
         a = alpha / len(rs)
@@ -144,21 +151,7 @@ def familywise_own_unit(run_dir, alpha: float = 0.05) -> dict[tuple, float]:
     cached canary scores. Rows with a missing array are left out."""
     from bench.audit import one_run_eps_lower_bound
 
-    from .tables import open_run
-
-    store = open_run(run_dir)
-    try:
-        rows = store.query(
-            "SELECT c.dataset, c.defense, c.epsilon, c.seed, c.privacy, c.config, a.name, a.path FROM artifacts a "
-            "JOIN cells c USING (cell_key) JOIN metrics m ON m.cell_key = c.cell_key "
-            "AND m.source = substr(a.name, 8) AND m.name = 'eps_lb_own_unit' "
-            "WHERE c.status = 'done' AND a.kind = 'attack' AND a.name LIKE 'attack:%'")
-    finally:
-        store.close()
-    groups: dict[tuple, list] = {}
-    for r in rows:
-        groups.setdefault(_key(r["dataset"], r["defense"], "inf" if r["epsilon"] is None else f"{r['epsilon']:g}"),
-                          []).append(r)
+    groups = _attack_artifacts(run_dir, "eps_lb_own_unit")
     out: dict[tuple, float] = {}
     for k, rs in groups.items():
         a = alpha / (len(rs) * len(OWN_UNIT_METRICS))
