@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from .errors import BenchError
+
 
 def canonical(obj: Any) -> Any:
     """JSON-able, order-independent form of a key payload."""
@@ -89,12 +91,60 @@ def read_bundle(path: Path) -> dict[str, Any]:
     return out
 
 
+def load_entry(path: str | Path) -> dict[str, Any]:
+    """Read one cache entry directory after checking every file against its manifest's SHA-256;
+    raises ``CorruptEntry`` (a missing, unreadable or mismatching file). Everything that reads a
+    cached artifact (the cache itself, reports) goes through here."""
+    path = Path(path)
+    manifest = path / "manifest.json"
+    if not manifest.exists():
+        raise CorruptEntry("manifest missing")
+    try:
+        with open(manifest) as f:
+            files = json.load(f)["files"]
+        items = list(files.items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise CorruptEntry(f"unreadable manifest ({type(e).__name__})") from e
+    for name, sha in items:
+        p = path / name
+        if not p.exists() or _sha(p) != sha:
+            raise CorruptEntry(f"{name} does not match its recorded SHA-256")
+    try:
+        return read_bundle(path)
+    except Exception as e:  # truncated or garbled file that still matched (cannot happen) or bad json
+        raise CorruptEntry(f"{type(e).__name__}: {e}") from e
+
+
+
+def load_arrays(path: str | Path) -> dict[str, np.ndarray] | None:
+    """The numpy arrays of the verified cache entry at ``path`` (keys as stored, e.g.
+    ``array.scores``), or None when there is no such entry; raises ``CorruptEntry``."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    return {k: v for k, v in load_entry(path).items() if isinstance(v, np.ndarray)}
+
+
 class Cache:
     def __init__(self, root: str | Path):
         self.root = Path(root).expanduser()
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise BenchError(f"cannot create the artifact cache {self.root}: {e.strerror or e} "
+                             "(set --cache-dir or BENCH_CACHE)") from None
         self.hits = 0
         self.misses = 0
+
+    def check_writable(self) -> None:
+        """One clear line now instead of a failure in every cell later (a read-only mount)."""
+        try:
+            fd, probe = tempfile.mkstemp(dir=self.root, prefix=".write-probe-")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as e:
+            raise BenchError(f"the artifact cache {self.root} is not writable: {e.strerror or e} "
+                             "(set --cache-dir or BENCH_CACHE)") from None
 
     def path(self, kind: str, key: str) -> Path:
         return self.root / kind / key[:2] / key
@@ -111,23 +161,7 @@ class Cache:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
     def _load(self, path: Path) -> dict[str, Any]:
-        manifest = path / "manifest.json"
-        if not manifest.exists():
-            raise CorruptEntry("manifest missing")
-        try:
-            with open(manifest) as f:
-                files = json.load(f)["files"]
-            items = list(files.items())
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-            raise CorruptEntry(f"unreadable manifest ({type(e).__name__})") from e
-        for name, sha in items:
-            p = path / name
-            if not p.exists() or _sha(p) != sha:
-                raise CorruptEntry(f"{name} does not match its recorded SHA-256")
-        try:
-            return read_bundle(path)
-        except Exception as e:  # truncated or garbled file that still matched (cannot happen) or bad json
-            raise CorruptEntry(f"{type(e).__name__}: {e}") from e
+        return load_entry(path)
 
     def contains(self, kind: str, payload: dict) -> bool:
         return (self.path(kind, digest(payload)) / "manifest.json").exists()

@@ -101,8 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a suite key, dotted (e.g. defenses.dpsgd.epochs=5); repeatable")
     r.add_argument("--jobs", type=int, default=1,
-                   help="cells run in parallel (local process pool); with --executor ray and no --address, "
-                        "the CPUs of the local Ray instance (default: all)")
+                   help="cells run in parallel in a local process pool (default: 1, one after the other); "
+                        "with --executor ray and no --address: the CPUs of the local Ray instance (1: all CPUs)")
     r.add_argument("--executor", default="local", choices=["local", "ray"],
                    help="local: this machine (sequential or --jobs processes); ray: one Ray task per cell and "
                         "per reference model (pip install 'privacy-bench[ray]')")
@@ -162,6 +162,18 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("bench: interrupted; finished cells are stored, rerun the same command to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `bench list | head`: the reader left; nothing to report
+        _silence_stdout()
+        return 0
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's final flush does not raise again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

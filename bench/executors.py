@@ -14,8 +14,12 @@ node sees (shared filesystem), like the data root.
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing as mp
 import os
+import signal
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
@@ -38,6 +42,29 @@ class SequentialExecutor(Executor):
             yield fn(job)
 
 
+def _exit_with_parent(parent: int, poll: float = 0.5) -> None:
+    """A daemon thread that ends this worker when the process that started it is gone (a driver
+    killed with SIGKILL cannot tell its pool; without this the workers keep computing cells and
+    then idle forever as orphans)."""
+
+    def watch():
+        while True:
+            time.sleep(poll)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="bench-parent-watch", daemon=True).start()
+
+
+def _init_pool_worker(threads: int, parent: int):
+    # Ctrl-C goes to the whole process group: the driver alone decides (it cancels the pending
+    # cells and stops the workers), so that a worker does not turn SIGINT into a failed cell and
+    # go on with the next one
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _exit_with_parent(parent)
+    _init_worker(threads)
+
+
 def _init_worker(threads: int):
     os.environ["OMP_NUM_THREADS"] = str(threads)
     import torch
@@ -58,15 +85,49 @@ class ProcessPoolExecutorBackend(Executor):
         self.threads = max(1, (os.cpu_count() or 1) // jobs)
 
     def imap(self, fn, jobs):
-        jobs = list(jobs)
+        """At most ``parallel`` jobs are submitted at a time, so an interruption leaves nothing
+        queued; on Ctrl-C (or any exit of the consumer) the pool's workers are stopped at once:
+        cells in flight are not recorded and rerun on resume, finished ones are stored."""
+        todo = iter(jobs)
         ctx = mp.get_context("spawn")
-        with ProcessPoolExecutor(self.parallel, mp_context=ctx, initializer=_init_worker,
-                                 initargs=(self.threads,)) as pool:
-            pending = {pool.submit(fn, j) for j in jobs}
+        pool = ProcessPoolExecutor(self.parallel, mp_context=ctx, initializer=_init_pool_worker,
+                                   initargs=(self.threads, os.getpid()))
+        clean = False
+        try:
+            pending = set()
+            for j in itertools.islice(todo, self.parallel):
+                pending.add(pool.submit(fn, j))
             while pending:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for f in done:
+                    nxt = next(todo, _END)
+                    if nxt is not _END:
+                        pending.add(pool.submit(fn, nxt))
                     yield f.result()
+            clean = True
+        finally:
+            if clean:
+                pool.shutdown(wait=True)
+            else:
+                _stop_pool(pool)
+
+
+_END = object()
+
+
+def _stop_pool(pool: ProcessPoolExecutor) -> None:
+    """Cancel what is queued and end the workers now (SIGTERM, then SIGKILL after 5 s)."""
+    procs = list(getattr(pool, "_processes", {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    deadline = time.time() + 5
+    for p in procs:
+        p.join(max(0.0, deadline - time.time()))
+        if p.is_alive():
+            p.kill()
+            p.join(1)
 
 
 def _import_ray():

@@ -32,7 +32,12 @@ def build_model(spec: dict) -> nn.Module:
     name = spec.pop("name")
     if name not in _ARCHS:
         raise BenchError(f"unknown architecture '{name}'{suggest(name, _ARCHS)}; known: {', '.join(arch_names())}")
-    return _ARCHS[name](**spec)
+    try:
+        return _ARCHS[name](**spec)
+    except RuntimeError as e:  # e.g. a conv kernel larger than the input (tanh-cnn on 8x8 digits)
+        shape = f"{spec.get('in_channels', '?')}x{spec.get('image_size', '?')}x{spec.get('image_size', '?')}"
+        raise BenchError(f"architecture '{name}' does not fit {shape} inputs ({' '.join(str(e).split())[:160]}); "
+                         f"set another arch for this dataset, e.g. arch: mlp") from None
 
 
 def _flat_dim(features: nn.Module, c: int, h: int) -> int:

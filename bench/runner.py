@@ -153,10 +153,12 @@ class CellContext(Context):
         kwargs.setdefault("dynamic_ncols", True)
         return tqdm(iterable, disable=not self.env.progress, **kwargs)
 
-    def task_for(self, kind: str, seed: Optional[int] = None) -> Task:
+    def task_for(self, kind: str, seed: Optional[int] = None, protocol: Optional[dict] = None) -> Task:
+        """The cell dataset's task under the suite's ``protocol`` or ``inversion`` config (or, with
+        ``protocol``, under that explicit protocol config instead), cut with ``seed``."""
         seed = self.seed if seed is None else seed
-        return get_task(self.task.dataset, self.dataset_config[kind if kind == "inversion" else "protocol"], seed,
-                        self.env.data_root, self._tasks)
+        cfg = protocol if protocol is not None else self.dataset_config[kind if kind == "inversion" else "protocol"]
+        return get_task(self.task.dataset, cfg, seed, self.env.data_root, self._tasks)
 
     def fit_defense(self, name: str, config: Optional[dict] = None, *, task: Optional[Task] = None,
                     epsilon: Optional[float] = None, seed: Optional[int] = None) -> Release:
@@ -295,12 +297,13 @@ def compute_cell(job: tuple[dict, Env]) -> dict:
     key = cell_key(cell)
     started = time.time()
     logs: list[str] = []
-    cache = Cache(env.cache_dir)
+    cache = None
     prov = provenance(env.device)
     metrics: list[tuple[str, str, float]] = []
     artifacts: list[tuple[str, str, str, str]] = []
     split = privacy = info = None
     try:
+        cache = Cache(env.cache_dir)
         tasks: dict = {}
         dcfg = {"protocol": cell["protocol"], "inversion": cell["inversion"]}
         task = get_task(cell["dataset"], cell["protocol"], cell["seed"], env.data_root, tasks)
@@ -356,7 +359,7 @@ def compute_cell(job: tuple[dict, Env]) -> dict:
                   info=info, error=error, wall_time=wall,
                   device=env.device, prov=prov, metrics=metrics, artifacts=artifacts, started=started)
     return {"cell": cell, "key": key, "status": status, "error": error, "metrics": metrics, "privacy": privacy,
-            "wall": wall, "hits": cache.hits, "misses": cache.misses, "record": record}
+            "wall": wall, "hits": cache.hits if cache else 0, "misses": cache.misses if cache else 0, "record": record}
 
 
 def summary_line(r: dict) -> str:
@@ -405,6 +408,8 @@ def run_suite(suite: Suite, out: str | Path, *, jobs: int = 1, device: str = "cp
                 build_task(ds, dcfg["inversion"], seed, root)
     cells = suite.cells()
     out = Path(out)
+    cache_path = Path(cache_dir) if cache_dir else cache_root() / "artifacts"
+    Cache(cache_path).check_writable()  # before the store gets a run row
     store = Store(out)
     run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     store.start_run(run_id, suite.name, suite.raw, list(argv or sys.argv), provenance(device))
@@ -420,7 +425,7 @@ def run_suite(suite: Suite, out: str | Path, *, jobs: int = 1, device: str = "cp
     # Ray schedules both levels itself: every cell is a task, every reference model too.
     ray = executor == "ray"
     cell_jobs = jobs if len(todo) >= jobs or ray else 1
-    env = Env(str(out), str(Path(cache_dir) if cache_dir else cache_root() / "artifacts"), root, device, run_id,
+    env = Env(str(out), str(cache_path), root, device, run_id,
               progress=progress and cell_jobs <= 1 and not ray, inner_jobs=1 if cell_jobs > 1 else jobs,
               executor=executor, address=address)
     where = f"executor: ray{' at ' + address if address else ' (local instance)'}" if ray else f"jobs: {jobs}"
@@ -435,6 +440,7 @@ def run_suite(suite: Suite, out: str | Path, *, jobs: int = 1, device: str = "cp
     failed = done = 0
     bar = tqdm(total=len(todo), desc=f"suite {suite.name}", disable=not progress, dynamic_ncols=True)
     t0 = time.time()
+    outcome = "crashed"  # what an exception out of this loop leaves in runs.status
     try:
         for i, r in enumerate(executor.imap(fn, [(c, env) for c in todo]), 1):
             if executor.records_in_driver:
@@ -444,10 +450,16 @@ def run_suite(suite: Suite, out: str | Path, *, jobs: int = 1, device: str = "cp
             failed += r["status"] != "done"
             tqdm.write(f"[{i}/{len(todo)}] {summary_line(r)}", file=sys.stdout) if progress else echo(
                 f"[{i}/{len(todo)}] {summary_line(r)}")
+        outcome = "failed" if failed else "done"
+    except KeyboardInterrupt:
+        outcome = "interrupted"
+        raise
     finally:
         bar.close()
-        store.finish_run(run_id, "failed" if failed else "done")
-        store.close()
+        try:
+            store.finish_run(run_id, outcome)
+        finally:
+            store.close()
     echo(f"suite '{suite.name}': {done} done, {failed} failed, {skipped} skipped (already done) "
          f"in {time.time() - t0:.1f}s; results in {out / 'results.sqlite'}")
     return {"cells": len(cells), "done": done, "failed": failed, "skipped": skipped, "run_id": run_id}

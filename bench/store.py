@@ -87,6 +87,30 @@ def _eps(v: float) -> Optional[float]:
     return None if v is None or math.isinf(v) else float(v)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def _sqlite_errors(path: Path):
+    """sqlite3 errors as one line: a corrupt file, a full disk, a read-only directory."""
+    try:
+        yield
+    except sqlite3.DatabaseError as e:
+        msg = " ".join(str(e).split())
+        if isinstance(e, sqlite3.OperationalError):  # disk full, read-only, locked, I/O error
+            raise BenchError(f"run store {path}: {msg} (the failed write was rolled back; what was recorded "
+                             "before it is intact)") from None
+        raise BenchError(f"run store {path} is not a readable results database ({msg}); move it away or "
+                         "choose another --out") from None
+
+
 class Store:
     def __init__(self, run_dir: str | Path, create: bool = True):
         self.run_dir = Path(run_dir)
@@ -98,15 +122,26 @@ class Store:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 raise BenchError(f"cannot create run directory {self.run_dir}: {e.strerror or e}") from None
-        self._conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-        self._conn.row_factory = sqlite3.Row
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA busy_timeout=60000")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        with self.transaction() as c:
-            for stmt in SCHEMA.split(";"):
-                if stmt.strip():
-                    c.execute(stmt)
+        if self.path.exists() and not self.path.is_file():
+            raise BenchError(f"run store {self.path} is not a file")
+        with _sqlite_errors(self.path):
+            self._conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            try:
+                self._conn.row_factory = sqlite3.Row
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                self._conn.execute("PRAGMA busy_timeout=60000")
+                self._conn.execute("PRAGMA synchronous=NORMAL")
+                # a garbled page is found now, before anything is written (a run row included)
+                check = self._conn.execute("PRAGMA quick_check").fetchone()[0]
+                if check != "ok":
+                    raise sqlite3.DatabaseError(f"integrity check: {' '.join(str(check).split())[:200]}")
+                with self.transaction() as c:
+                    for stmt in SCHEMA.split(";"):
+                        if stmt.strip():
+                            c.execute(stmt)
+            except BaseException:
+                self._conn.close()
+                raise
 
     @staticmethod
     def exists(run_dir: str | Path) -> bool:
@@ -118,20 +153,50 @@ class Store:
     @contextlib.contextmanager
     def transaction(self):
         c = self._conn
-        c.execute("BEGIN IMMEDIATE")
-        try:
-            yield c
-            c.execute("COMMIT")
-        except BaseException:
-            c.execute("ROLLBACK")
-            raise
+        with _sqlite_errors(self.path):
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                yield c
+                c.execute("COMMIT")
+            except BaseException:
+                # SQLite may have rolled back already (SQLITE_FULL, SQLITE_IOERR): a second ROLLBACK
+                # would raise "no transaction is active" and hide the real error
+                if c.in_transaction:
+                    try:
+                        c.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
+                raise
 
     # -- runs --------------------------------------------------------------------------------
     def start_run(self, run_id: str, suite: str, suite_config: dict, argv: list[str], prov: dict) -> None:
+        """Record a new invocation (with the driver's pid and host, so that a later one can tell a
+        killed run from a live one) after marking earlier runs whose driver is gone."""
+        self.mark_dead_runs()
+        prov = {**prov, "driver": {"pid": os.getpid(), "host": platform.node()}}
         with self.transaction() as c:
             c.execute("INSERT INTO runs VALUES (?,?,?,?,?,?,?,?)",
                       (run_id, suite, json.dumps(suite_config), json.dumps(argv), time.time(), None, "running",
                        json.dumps(prov)))
+
+    def mark_dead_runs(self) -> int:
+        """``running`` runs of this host whose driver process no longer exists (killed with
+        SIGKILL, a power cut) become ``killed``; returns how many. Runs of other hosts, or live
+        ones sharing this store, are left alone."""
+        rows = self.query("SELECT run_id, provenance FROM runs WHERE status='running'")
+        dead = []
+        for r in rows:
+            try:
+                drv = (json.loads(r["provenance"] or "{}") or {}).get("driver") or {}
+            except ValueError:
+                continue
+            if drv.get("host") == platform.node() and isinstance(drv.get("pid"), int) and not _pid_alive(drv["pid"]):
+                dead.append(r["run_id"])
+        if dead:
+            with self.transaction() as c:
+                c.executemany("UPDATE runs SET status='killed' WHERE run_id=? AND status='running'",
+                              [(d,) for d in dead])
+        return len(dead)
 
     def finish_run(self, run_id: str, status: str) -> None:
         with self.transaction() as c:
@@ -139,8 +204,8 @@ class Store:
 
     # -- cells -------------------------------------------------------------------------------
     def cell_status(self, cell_key: str) -> Optional[str]:
-        row = self._conn.execute("SELECT status FROM cells WHERE cell_key=?", (cell_key,)).fetchone()
-        return None if row is None else row["status"]
+        rows = self.query("SELECT status FROM cells WHERE cell_key=?", (cell_key,))
+        return rows[0]["status"] if rows else None
 
     def record_cell(self, *, cell_key: str, run_id: str, cell: dict, status: str, split: dict | None,
                     privacy: dict | None, info: dict | None, error: str | None, wall_time: float, device: str,
@@ -163,7 +228,8 @@ class Store:
 
     # -- queries -----------------------------------------------------------------------------
     def query(self, sql: str, params: tuple = ()) -> list[dict[str, Any]]:
-        return [dict(r) for r in self._conn.execute(sql, params).fetchall()]
+        with _sqlite_errors(self.path):
+            return [dict(r) for r in self._conn.execute(sql, params).fetchall()]
 
     def cells(self, status: Optional[str] = None) -> list[dict]:
         if status:

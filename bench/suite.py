@@ -34,16 +34,51 @@ def suite_names() -> list[str]:
     return sorted(p.name[:-5] for p in suite_dir().iterdir() if p.name.endswith(".yaml"))
 
 
+#: seeds are bounded so that every derived seed (``seed * 7919 + 11`` and the like) stays inside
+#: the 64-bit integers that torch, numpy and SQLite accept
+MAX_SEED = 2**32 - 1
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` without anchors/aliases: an alias bomb (``&a [*b, *b, ...]``) expands
+    exponentially under any key, and no suite needs them."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.YAMLError(f"YAML aliases (*{event.anchor}) are not allowed in suite files "
+                                 f"(line {event.start_mark.line + 1})")
+        return super().compose_node(parent, index)
+
+
+def safe_yaml(text: str):
+    """Parse ``text`` as YAML with the safe loader and no aliases (raises ``yaml.YAMLError``)."""
+    return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def _one_line(msg) -> str:
+    return " ".join(str(msg).split())
+
+
 def _read_yaml(text: str, where: str) -> dict:
     try:
-        data = yaml.safe_load(text)
+        data = safe_yaml(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         pos = f" at line {mark.line + 1}" if mark else ""
-        raise BenchError(f"malformed suite file {where}{pos}: {getattr(e, 'problem', e)}") from None
+        raise BenchError(f"malformed suite file {where}{pos}: {_one_line(getattr(e, 'problem', None) or e)}") from None
     if not isinstance(data, dict):
         raise BenchError(f"malformed suite file {where}: expected a mapping at the top level")
     return data
+
+
+def _read_text(path: Path, what: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise BenchError(f"{what} {path} is not UTF-8 text") from None
+    except OSError as e:
+        raise BenchError(f"cannot read {what} {path}: {e.strerror or e}") from None
 
 
 def load_suite_file(name_or_path: str) -> tuple[str, dict]:
@@ -51,7 +86,7 @@ def load_suite_file(name_or_path: str) -> tuple[str, dict]:
     if p.suffix in (".yaml", ".yml") or p.exists():
         if not p.is_file():
             raise BenchError(f"suite file not found: {p}")
-        data = _read_yaml(p.read_text(), str(p))
+        data = _read_yaml(_read_text(p, "suite file"), str(p))
         return data.get("name") or p.stem, data
     names = suite_names()
     if name_or_path not in names:
@@ -73,9 +108,10 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         if not parts:
             raise BenchError(f"--set expects key=value, got '{item}'")
         try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            raise BenchError(f"--set {key}: cannot parse value '{raw}'") from None
+            value = safe_yaml(raw)
+        except yaml.YAMLError as e:
+            why = " (YAML aliases are not allowed)" if "aliases" in str(e) else ""
+            raise BenchError(f"--set {key}: cannot parse value '{_one_line(raw)[:120]}'{why}") from None
         node = data
         for k in parts[:-1]:
             if node.get(k) is None:
@@ -179,8 +215,9 @@ def parse_suite(name: str, data: dict) -> Suite:
     if not (0 < delta < 1) or math.isnan(delta):
         raise BenchError(f"suite '{name}': delta must be in (0, 1), got {data.get('delta')!r}")
     seeds = data["seeds"] if isinstance(data["seeds"], list) else [data["seeds"]]
-    if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
-        raise BenchError(f"suite '{name}': seeds must be integers >= 0, got {seeds!r}")
+    if any(isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED for s in seeds):
+        raise BenchError(f"suite '{name}': seeds must be integers in 0..{MAX_SEED}, got "
+                         f"{_one_line(repr(seeds))[:200]}")
     if len(set(seeds)) != len(seeds):
         raise BenchError(f"suite '{name}': seeds must be distinct, got {seeds!r}")
     if len(set(epsilons)) != len(epsilons):

@@ -36,6 +36,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .artifacts import cached_arrays
+
 #: sources that are not attacks
 _NOT_AUDITS = ("utility", "privacy", "inversion-target")
 
@@ -113,16 +115,12 @@ def familywise_bounds(run_dir, alpha: float = 0.05) -> dict[tuple, float]:
         a = alpha / len(rs)
         best, complete = 0.0, True
         for r in rs:
-            f = Path(r["path"]) / "arrays.npz"
-            if not f.exists():
+            z = cached_arrays(r["path"], "scores", "labels")
+            if z is None:
                 complete = False
                 break
-            with np.load(f, allow_pickle=False) as z:
-                if "array.scores" not in z.files or "array.labels" not in z.files:
-                    complete = False
-                    break
-                scores = z["array.scores"].astype(np.float64)
-                labels = z["array.labels"].astype(bool)
+            scores = z["scores"].astype(np.float64)
+            labels = z["labels"].astype(bool)
             priv = json.loads(r["privacy"] or "{}") or {}
             delta = float(priv["delta"]) if priv.get("delta") else float(r["cell_delta"])
             aname = r["name"].split(":", 1)[1]
@@ -157,23 +155,19 @@ def familywise_own_unit(run_dir, alpha: float = 0.05) -> dict[tuple, float]:
         a = alpha / (len(rs) * len(OWN_UNIT_METRICS))
         best, complete = 0.0, True
         for r in rs:
-            f = Path(r["path"]) / "arrays.npz"
-            if not f.exists():
+            z = cached_arrays(r["path"], *OWN_UNIT_METRICS.values(), "labels")
+            if z is None:
                 complete = False
                 break
             aname = r["name"].split(":", 1)[1]
             acfg = (json.loads(r["config"]).get("attacks") or {}).get(aname) or {}
             grid = int(acfg.get("grid_size", 4))
             delta = float((json.loads(r["privacy"] or "{}") or {}).get("delta") or 0.0)
-            with np.load(f, allow_pickle=False) as z:
-                if not all(f"array.{n}" in z.files for n in (*OWN_UNIT_METRICS.values(), "labels")):
-                    complete = False
-                    break
-                inc = z["array.labels"].astype(bool)
-                for arr in OWN_UNIT_METRICS.values():
-                    e = one_run_eps_lower_bound(z[f"array.{arr}"].astype(np.float64), inc, alpha=a, delta=delta,
-                                                grid_size=grid, seed=int(r["seed"])).eps_lb
-                    best = max(best, float(e))
+            inc = z["labels"].astype(bool)
+            for arr in OWN_UNIT_METRICS.values():
+                e = one_run_eps_lower_bound(z[arr].astype(np.float64), inc, alpha=a, delta=delta,
+                                            grid_size=grid, seed=int(r["seed"])).eps_lb
+                best = max(best, float(e))
         if complete:
             out[k] = best
     return out

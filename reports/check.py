@@ -111,7 +111,11 @@ def load_baseline(path) -> dict:
         rows = data["rows"]
     except FileNotFoundError:
         raise BenchError(f"baseline file not found: {path} (create it with --write-baseline)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+    except IsADirectoryError:
+        raise BenchError(f"baseline {path} is a directory, not a file") from None
+    except OSError as e:
+        raise BenchError(f"cannot read baseline file {path}: {e.strerror or e}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, RecursionError):
         raise bad from None
     if not isinstance(rows, dict):
         raise bad
@@ -137,11 +141,14 @@ def load_baseline(path) -> dict:
 def write_baseline(run_dir, path) -> Path:
     path = Path(path)
     rows = _means(run_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
     rule = (f"tolerance = max(floor, {Z:g} * sqrt(2) * sigma); sigma = max(seed std, bootstrap 95% half-width / 1.96, "
             f"binomial SE of test accuracy); floors {TOLERANCE_FLOORS}")
-    path.write_text(json.dumps({"format": BASELINE_FORMAT, "tolerance_rule": rule, "rows": rows}, indent=1,
-                               sort_keys=True) + "\n")
+    text = json.dumps({"format": BASELINE_FORMAT, "tolerance_rule": rule, "rows": rows}, indent=1, sort_keys=True) + "\n"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    except OSError as e:
+        raise BenchError(f"cannot write baseline {path}: {e.strerror or e}") from None
     return path
 
 

@@ -23,6 +23,8 @@ import numpy as np
 
 from bench.store import Store
 
+from .artifacts import cached_arrays
+
 
 def _figure(rows: int, cols: int, cell: float = 1.1):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -118,13 +120,8 @@ def combined_grid(rows: list[dict], path: str | Path, *, title: str = "", classe
 
 
 def _load_arrays(entry: Path) -> Optional[dict]:
-    npz = Path(entry) / "arrays.npz"
-    if not npz.exists():
-        return None
-    with np.load(npz, allow_pickle=False) as z:
-        if "array.images" not in z.files:
-            return None
-        return {k[len("array."):]: z[k] for k in z.files if k.startswith("array.")}
+    """The verified arrays of an inversion attack's cache entry (None: missing, corrupt, no images)."""
+    return cached_arrays(entry, "images")
 
 
 def _eps_label(eps) -> str:

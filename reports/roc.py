@@ -17,7 +17,6 @@ non-members to be read off at all and many more to be read off reliably.
 from __future__ import annotations
 
 import argparse
-import sqlite3
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -91,27 +90,28 @@ def plot_roc(curves, path, *, title: str | None = None, dpi: int = 120) -> Path:
 def load_run_curves(run_dir) -> dict[str, dict]:
     """Per finished cell: {"title": ..., "curves": {attack: (scores, labels)}} from the run's
     store and the cached attack arrays."""
-    db = sqlite3.connect(Path(run_dir) / "results.sqlite")
+    from .artifacts import cached_arrays
+    from .tables import open_run
+
+    store = open_run(run_dir)
     try:
-        cells = db.execute("SELECT cell_key, dataset, defense, epsilon, seed FROM cells WHERE status='done'").fetchall()
+        cells = store.query("SELECT cell_key, dataset, defense, epsilon, seed FROM cells WHERE status='done'")
         out = {}
-        for key, ds, defense, eps, seed in cells:
-            arts = db.execute("SELECT name, path FROM artifacts WHERE cell_key=? AND kind='attack'", (key,)).fetchall()
+        for c in cells:
+            key, ds, defense, eps, seed = c["cell_key"], c["dataset"], c["defense"], c["epsilon"], c["seed"]
+            arts = store.query("SELECT name, path FROM artifacts WHERE cell_key=? AND kind='attack'", (key,))
             curves = {}
-            for name, p in arts:
-                f = Path(p) / "arrays.npz"
-                if not f.exists():
-                    continue
-                with np.load(f, allow_pickle=False) as z:
-                    if "array.scores" in z.files and "array.labels" in z.files:
-                        curves[name.split(":", 1)[-1]] = (z["array.scores"], z["array.labels"])
+            for a in arts:
+                z = cached_arrays(a["path"], "scores", "labels")
+                if z is not None:
+                    curves[a["name"].split(":", 1)[-1]] = (z["scores"], z["labels"])
             if curves:
                 eps_s = "inf" if eps is None else f"{eps:g}"
                 out[key] = {"title": f"{ds} - {defense} - eps={eps_s} - seed {seed}",
                             "stem": f"roc_{ds}_{defense}_eps{eps_s}_seed{seed}", "curves": curves}
         return out
     finally:
-        db.close()
+        store.close()
 
 
 def plot_run(run_dir, out_dir=None) -> list[Path]:

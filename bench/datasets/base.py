@@ -80,8 +80,12 @@ class Dataset:
         return src
 
     def missing_error(self, root: Path, err: Exception) -> BenchError:
-        files = ", ".join(f"{root / self.folder}/{f}" for f in self.expected_files)
+        """Missing files are named (only those); all present but unreadable says so instead."""
+        missing = [f"{root / self.folder}/{f}" for f in self.expected_files if not (root / self.folder / f).exists()]
+        if not missing and self.expected_files:
+            return BenchError(f"dataset '{self.name}': the files under {root / self.folder} are present but could "
+                              f"not be loaded ({type(err).__name__}: {' '.join(str(err).split())[:200]})")
         return BenchError(
             f"dataset '{self.name}' is not available under {root} and could not be downloaded "
-            f"({type(err).__name__}); expected files: {files} — set --data-root or BENCH_DATA"
+            f"({type(err).__name__}); missing: {', '.join(missing)} — set --data-root or BENCH_DATA"
         )

@@ -2,12 +2,58 @@
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 from pathlib import Path
 
 import numpy as np
 
+from ..errors import BenchError
 from ..registry import register_dataset
 from .base import Dataset, RawData
+
+
+def _md5(path: Path) -> str:
+    h = hashlib.md5()  # noqa: S324 - torchvision's published checksums are MD5
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def corrupt_file_error(ds: Dataset, cls, folder: Path) -> BenchError | None:
+    """A present raw file that is not the one torchvision expects: a ``.gz`` whose MD5 differs from
+    torchvision's, or an extracted copy that differs from its (correct) ``.gz`` decompressed.
+    None when every present file checks out (then the files are missing, not corrupt)."""
+    raw = folder / cls.__name__ / "raw"
+    for fname, md5 in getattr(cls, "resources", []):
+        gz = raw / fname
+        if gz.is_file():
+            actual = _md5(gz)
+            if actual != md5:
+                return BenchError(f"dataset '{ds.name}': {gz} is corrupt (MD5 {actual}, expected {md5}, "
+                                  f"torchvision's); replace it with the original file")
+            plain = raw / fname[:-3] if fname.endswith(".gz") else None
+            if plain is not None and plain.is_file():
+                try:
+                    with gzip.open(gz, "rb") as g, open(plain, "rb") as f:
+                        same = _same_stream(g, f)
+                except (OSError, EOFError) as e:
+                    return BenchError(f"dataset '{ds.name}': {gz} cannot be decompressed ({type(e).__name__}) "
+                                      f"although its MD5 {md5} is right")
+                if not same:
+                    return BenchError(f"dataset '{ds.name}': {plain} is corrupt (it differs from {gz} decompressed, "
+                                      f"whose MD5 {md5} is right); delete it and it is extracted again")
+    return None
+
+
+def _same_stream(a, b, chunk: int = 1 << 20) -> bool:
+    while True:
+        x, y = a.read(chunk), b.read(chunk)
+        if x != y:
+            return False
+        if not x:
+            return True
 
 
 def load_torchvision(ds: Dataset, cls, root: Path, download: bool) -> RawData:
@@ -16,7 +62,7 @@ def load_torchvision(ds: Dataset, cls, root: Path, download: bool) -> RawData:
         train = cls(str(folder), train=True, download=download)
         test = cls(str(folder), train=False, download=download)
     except Exception as e:  # offline download failures surface as RuntimeError/URLError
-        raise ds.missing_error(root, e) from None
+        raise (corrupt_file_error(ds, cls, folder) or ds.missing_error(root, e)) from None
     tx = train.data.numpy().astype(np.float32)[:, None] / 255.0
     vx = test.data.numpy().astype(np.float32)[:, None] / 255.0
     return RawData(tx, train.targets.numpy().astype(np.int64), vx, test.targets.numpy().astype(np.int64),
