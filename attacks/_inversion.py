@@ -171,6 +171,17 @@ class EvaluatorConfig:
     #: the classification-protocol seed the judge is trained on: fixed, so that one judge scores
     #: every cell and seed of a dataset
     seed: int = 0
+    #: the classification protocol the judge is trained under (e.g. ``{}``: the dataset's default
+    #: sizes); None: the suite's own protocol. Suites with a small member set (``dpsd-audit``) set
+    #: ``{}`` so that their judge is the full-data one of ``mnist-eps1``, not one fit on 2 000 images.
+    protocol: Optional[dict] = None
+
+    def validate(self):
+        if self.protocol is not None:
+            if not isinstance(self.protocol, dict):
+                raise BenchError("evaluator.protocol must be a mapping (a classification protocol) or null")
+            if self.protocol.get("kind", "classification") != "classification":
+                raise BenchError("evaluator.protocol must be a classification protocol")
 
 
 def _train_evaluator(ptask, image_shape, cfg: EvaluatorConfig, device, progress) -> dict:
@@ -217,9 +228,12 @@ def _train_evaluator(ptask, image_shape, cfg: EvaluatorConfig, device, progress)
 def get_evaluator(ctx, cfg: Optional[dict] = None) -> tuple[nn.Module, dict]:
     """The (cached) judge for ``ctx.task``'s dataset and image size: ``(model, info)``."""
     ecfg = resolve(EvaluatorConfig, cfg, "evaluator")
-    ptask = ctx.task_for("protocol", seed=ecfg.seed)
+    ptask = ctx.task_for("protocol", seed=ecfg.seed, protocol=ecfg.protocol)
+    config = dataclasses.asdict(ecfg)
+    if config["protocol"] is None:  # the judge of a suite's own protocol keeps its key
+        del config["protocol"]
     key = {"dataset": ctx.task.dataset, "task": ptask.fingerprint, "image_shape": list(ctx.task.image_shape),
-           "config": dataclasses.asdict(ecfg), "version": ARTIFACT_VERSION,
+           "config": config, "version": ARTIFACT_VERSION,
            "code": source_hash(EvalCNN, _train_evaluator)}
 
     def build():
@@ -817,6 +831,32 @@ def alexnet_weights_path() -> Optional[str]:
 _LPIPS: dict = {}
 
 
+def load_alexnet_trunk(net: nn.Module, path: str) -> None:
+    """Load torchvision's ImageNet AlexNet ``features`` from ``path`` into an lpips AlexNet trunk
+    (``slice1..5``, children named by their index in ``features``). The file's SHA-256 must start
+    with the hex digits in its name (torch.hub's convention, ``alexnet-owt-7be5be79.pth``) and it
+    is read with ``weights_only=True``: tensors only, no code."""
+    import re
+
+    m = re.search(r"-([a-f0-9]{6,})\.", os.path.basename(path))
+    if m is None:
+        raise BenchError(f"{path}: no hash prefix in the file name, refusing to load it")
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    if not h.hexdigest().startswith(m.group(1)):
+        raise BenchError(f"{path}: SHA-256 {h.hexdigest()[:12]}... does not match the {m.group(1)} in its name "
+                         "(a corrupt or replaced file), refusing to load it")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    own = {}
+    for sname in ("slice1", "slice2", "slice3", "slice4", "slice5"):
+        for idx, layer in getattr(net, sname).named_children():
+            for pname in dict(layer.named_parameters()):
+                own[f"{sname}.{idx}.{pname}"] = state[f"features.{idx}.{pname}"]
+    net.load_state_dict(own, strict=True)
+
+
 def lpips_model(random_backbone: bool = False):
     """``(model, reason)``: LPIPS (AlexNet, v0.1) with the pretrained backbone when its weights
     are in the torch hub cache; ``(None, reason)`` otherwise (nothing is downloaded).
@@ -837,9 +877,14 @@ def lpips_model(random_backbone: bool = False):
         _LPIPS[key] = out
         return out
     try:
-        m = lpips.LPIPS(pretrained=True, net="alex", pnet_rand=random_backbone, verbose=False).eval()
+        # the trunk is always built random here and the ImageNet weights are loaded below: lpips
+        # itself would load them through torchvision with weights_only=False (a planted pickle in
+        # the hub cache would run)
+        m = lpips.LPIPS(pretrained=True, net="alex", pnet_rand=True, verbose=False).eval()
+        if not random_backbone:
+            load_alexnet_trunk(m.net, alexnet_weights_path())
     except Exception as e:  # a failed backbone load is reported, never fatal
-        out = (None, f"LPIPS unavailable: {type(e).__name__}: {e}")
+        out = (None, f"LPIPS unavailable: {type(e).__name__}: {' '.join(str(e).split())}")
         _LPIPS[key] = out
         return out
     for p in m.parameters():
