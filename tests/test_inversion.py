@@ -260,3 +260,43 @@ def test_cell_grid_accepts_one_image_per_class(tmp_path):
     assert p.exists()
     with pytest.raises(ValueError):
         cell_grid(np.zeros((3, 6, 6)), tmp_path / "bad.png")
+
+
+def test_judge_protocol_option_keeps_old_keys_and_reaches_task_for(tmp_path):
+    """``evaluator.protocol``: None keeps the judge's cache key as before (no new field) and asks
+    for the suite's own protocol; a mapping is passed to ``task_for`` and enters the key."""
+    import torch
+
+    from attacks._inversion import EvaluatorConfig, get_evaluator
+    from bench.config import make_config
+    from bench.errors import BenchError
+    from bench.tasks import build_task
+
+    task = build_task("digits", {"members": 200, "val": 100, "nonmembers": 200}, 0)
+
+    class Ctx:
+        device = torch.device("cpu")
+
+        def __init__(self):
+            self.task, self.asked, self.keys = task, [], []
+
+        def task_for(self, kind, seed=None, protocol=None):
+            self.asked.append(protocol)
+            return task
+
+        def progress(self, it, **kw):
+            return it
+
+        def artifact(self, kind, key, build):
+            self.keys.append(key)
+            return build()
+
+    for cfg, want in ((None, None), ({"protocol": {}}, {})):
+        ctx = Ctx()
+        _, info = get_evaluator(ctx, {"min_steps": 5, "epochs": 1, **(cfg or {})})
+        assert ctx.asked == [want]
+        assert ("protocol" in ctx.keys[0]["config"]) == (want is not None)
+        assert 0 <= info["eval_test_acc"] <= 1
+    for bad in ({"protocol": [1]}, {"protocol": {"kind": "inversion"}}):
+        with pytest.raises(BenchError, match="evaluator.protocol"):
+            make_config(EvaluatorConfig, bad, "evaluator")
