@@ -2,9 +2,10 @@
 
 * ``accuracy_vs_eps_<dataset>.png``: test accuracy against the target ε, a line per defense with
   error bars = std over seeds; a non-private defense (ε = ∞) is a horizontal line with a band of
-  ± one std.
-* ``leakage_vs_eps_<dataset>.png``: one panel per attack - membership attacks their AUC,
-  inversion attacks the judge's top-1 attack accuracy - same layout.
+  ± one std (its own legend entry); y axis 0-100 %.
+* ``leakage_vs_eps_<dataset>.png``: one panel per attack - membership attacks their AUC (y axis
+  0.5-1 at least), inversion attacks the judge's top-1 attack accuracy (%, 0-100) - same layout;
+  only for a dataset where such an attack ran.
 
 The ε axis is logarithmic when the grid spans more than a factor of 4. Epsilons are the cells'
 targets; each defense's privacy unit is in the legend, since equal ε in different units is not
@@ -22,8 +23,15 @@ import pandas as pd
 
 from .tables import _defense_order
 
-#: which metric of an attack is plotted against ε, and how it is labelled
-LEAKAGE_METRICS = [("auc", "membership AUC", 0.5), ("top1", "inversion attack acc top-1", None)]
+#: which metric of an attack is plotted against ε: (metric, y label, chance level, scale, y range).
+#: The y range is kept (widened only to show every point), so a small spread of, say, AUC 0.50-0.56
+#: is drawn as small as it is, not stretched over the whole panel.
+LEAKAGE_METRICS = [("auc", "membership AUC", 0.5, 1.0, (0.5, 1.0)),
+                   ("top1", "inversion attack acc top-1 (%)", None, 100.0, (0.0, 100.0))]
+#: the y range of the accuracy curves (test accuracy, %)
+ACCURACY_RANGE = (0.0, 100.0)
+#: what the shaded band around a non-private (ε = ∞) line is, in the legend
+BAND_LABEL = "± 1 std over seeds"
 
 
 def _figure(n_panels: int):
@@ -38,11 +46,14 @@ def _figure(n_panels: int):
 
 
 def _curves(ax, g: pd.DataFrame, order: list[str], ylabel: str, chance: float | None = None,
-            scale: float = 1.0) -> bool:
-    """Draw one panel: a line per defense of ``g`` (rows: defense, unit, epsilon, seed, value)."""
+            scale: float = 1.0, yrange: tuple[float, float] | None = None) -> bool:
+    """Draw one panel: a line per defense of ``g`` (rows: defense, unit, epsilon, seed, value); a
+    non-private defense is a dashed line with a band of ± one std over seeds, labelled in the
+    legend. ``yrange``: the y axis shows at least this range (widened to hold every point)."""
     private = g[g.epsilon != "inf"]
     eps = sorted({float(e) for e in private.epsilon})
     drew = False
+    lo, hi = math.inf, -math.inf
     for i, d in enumerate(o for o in order if o in set(g.defense)):
         dg = g[g.defense == d]
         unit = dg["unit"].iloc[0]
@@ -52,14 +63,23 @@ def _curves(ax, g: pd.DataFrame, order: list[str], ylabel: str, chance: float | 
         if unit == "none" or (stats.epsilon == "inf").all():
             m, s = scale * stats["mean"].iloc[0], scale * stats["std"].iloc[0]
             ax.axhline(m, color=color, ls="--", lw=1.2, label=f"{d} (ε=∞)")
-            ax.axhspan(m - s, m + s, color=color, alpha=0.12, lw=0)
+            if s > 0:
+                ax.axhspan(m - s, m + s, color=color, alpha=0.12, lw=0, label=f"{d} (ε=∞): {BAND_LABEL}")
+            lo, hi = min(lo, m - s), max(hi, m + s)
         else:
             stats = stats[stats.epsilon != "inf"].assign(x=lambda t: t.epsilon.astype(float)).sort_values("x")
             ax.errorbar(stats.x, scale * stats["mean"], yerr=scale * stats["std"], color=color, marker="o", ms=4,
                         capsize=3, lw=1.4, label=f"{d} ({unit})")
+            if len(stats):
+                lo = min(lo, float((scale * (stats["mean"] - stats["std"])).min()))
+                hi = max(hi, float((scale * (stats["mean"] + stats["std"])).max()))
         drew = True
     if chance is not None:
         ax.axhline(scale * chance, color="k", ls=":", lw=0.8, label="chance")
+    if yrange is not None:
+        span = yrange[1] - yrange[0]
+        ax.set_ylim(min(yrange[0], lo - 0.03 * span) if math.isfinite(lo) else yrange[0],
+                    max(yrange[1], hi + 0.03 * span) if math.isfinite(hi) else yrange[1])
     if eps:
         if eps[-1] / eps[0] > 4:
             ax.set_xscale("log")
@@ -72,42 +92,66 @@ def _curves(ax, g: pd.DataFrame, order: list[str], ylabel: str, chance: float | 
     return drew
 
 
-def accuracy_plot(df: pd.DataFrame, dataset: str, path: Path) -> Path | None:
+def _legend(fig, axes, host) -> None:
+    """One legend beside ``host`` with every entry of every panel, once."""
+    seen: dict = {}
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(lab, h)
+    labels = sorted(seen, key=lambda lab: lab == "chance")  # the reference line last
+    host.legend([seen[lab] for lab in labels], labels, fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def accuracy_figure(df: pd.DataFrame, dataset: str):
+    """The accuracy-vs-ε figure of ``dataset`` (a matplotlib Figure), None without test accuracies."""
     g = df[(df.dataset == dataset) & (df.source == "utility") & (df.metric == "test_acc")]
     if not len(g):
         return None
     fig, axes = _figure(1)
-    _curves(axes[0], g, _defense_order(df), "test accuracy (%)", scale=100.0)
+    _curves(axes[0], g, _defense_order(df), "test accuracy (%)", scale=100.0, yrange=ACCURACY_RANGE)
     axes[0].set_title(f"{dataset}: accuracy vs ε (mean ± std over seeds)", fontsize=10)
-    axes[0].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    return path
+    _legend(fig, axes[:1], axes[0])
+    return fig
 
 
-def leakage_plot(df: pd.DataFrame, dataset: str, path: Path) -> Path | None:
+def accuracy_plot(df: pd.DataFrame, dataset: str, path: Path) -> Path | None:
+    fig = accuracy_figure(df, dataset)
+    return None if fig is None else _save(fig, path)
+
+
+def leakage_figure(df: pd.DataFrame, dataset: str):
+    """The leakage-vs-ε figure of ``dataset``: a panel per attack that ran (membership AUC, inversion
+    top-1 in %); None when no attack of these kinds ran on it."""
     d = df[df.dataset == dataset]
     panels = []
-    for metric, label, chance in LEAKAGE_METRICS:
+    for metric, label, chance, scale, yrange in LEAKAGE_METRICS:
         for attack in sorted(d[d.metric == metric]["source"].unique()):
-            panels.append((attack, metric, label, chance))
+            panels.append((attack, metric, label, chance, scale, yrange))
     if not panels:
         return None
     fig, axes = _figure(len(panels))
     order = _defense_order(df)
-    for ax, (attack, metric, label, chance) in zip(axes, panels):
+    for ax, (attack, metric, label, chance, scale, yrange) in zip(axes, panels):
         g = d[(d.source == attack) & (d.metric == metric)]
-        _curves(ax, g, order, label, chance)
+        _curves(ax, g, order, label, chance, scale=scale, yrange=yrange)
         ax.set_title(f"{attack}", fontsize=10)
     for ax in axes[len(panels):]:
         ax.set_axis_off()
-    axes[len(panels) - 1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    _legend(fig, axes[:len(panels)], axes[len(panels) - 1])
     fig.suptitle(f"{dataset}: leakage vs ε (mean ± std over seeds)", fontsize=11)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    return path
+    return fig
+
+
+def leakage_plot(df: pd.DataFrame, dataset: str, path: Path) -> Path | None:
+    fig = leakage_figure(df, dataset)
+    return None if fig is None else _save(fig, path)
 
 
 def write_plots(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:

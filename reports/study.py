@@ -19,7 +19,7 @@ import math
 
 import pandas as pd
 
-from .tables import Table, _defense_order, _eps_num, _eps_text, _mean_std, open_run
+from .tables import Table, _defense_order, _eps_num, _eps_text, _mean_std, metric_label, open_run
 
 MIA = ("lira", "rmia", "loss-threshold")
 OWN_UNIT = ("eps_lb_own_unit", "eps_lb_own_unit_student")
@@ -87,16 +87,17 @@ def study_table(df: pd.DataFrame, run_dir) -> Table:
                 "example_level_epsilon": example, "eps_hat_example": float(ex_lb.max()) if len(ex_lb) else math.nan,
                 "eps_hat_own_unit": float(own_lb.max()) if len(own_lb) else math.nan}
         for a in mias:
-            for met, lab in (("auc", "AUC"), ("tpr_at_1%fpr", "TPR@1%FPR (%)")):
+            for met in ("auc", "tpr_at_1%fpr"):
                 mm, ss, nn = _mean_std(g.loc[(g.source == a) & (g.metric == met), "value"])
                 pct = met != "auc"
-                row[f"{a} {lab}"] = "—" if not nn else (f"{(100 if pct else 1) * mm:.{2 if pct else 3}f}"
+                row[f"{a}: {metric_label(met)}"] = "—" if not nn else (f"{(100 if pct else 1) * mm:.{2 if pct else 3}f}"
                                                         + (f" ± {(100 if pct else 1) * ss:.{2 if pct else 3}f}"
                                                            if nn > 1 else ""))
                 data[f"{a}_{met}"] = mm
         for a in inv:
             mm, ss, nn = _mean_std(g.loc[(g.source == a) & (g.metric == "top1"), "value"])
-            row[f"{a} top-1 (%)"] = "—" if not nn else f"{100 * mm:.1f}"
+            row[f"{a}: {metric_label('top1')}"] = "—" if not nn else f"{100 * mm:.1f}" + (
+                f" ± {100 * ss:.1f}" if nn > 1 else "")
             data[f"{a}_top1"] = mm
         disp_rows.append(row)
         data_rows.append(data)

@@ -5,7 +5,7 @@
 * ``accuracy``: the DPSD paper's layout - rows = methods (suite variants), columns = dataset x
   target epsilon, our test accuracy mean ± std over seeds, and the published numbers of
   ``reports/published.yaml`` in their own columns, each with its source and caveat.
-* ``membership``: per (dataset, defense, epsilon, attack): AUC, TPR at 0.1 % / 1 % FPR,
+* ``membership``: per (dataset, defense, epsilon, attack): AUC, TPR at 0.1 % / 1 % FPR (%),
   balanced accuracy, empirical epsilon lower bound.
 * ``inversion``: per (dataset, defense, epsilon, attack): the judge's top-1 / top-2 accuracy over
   the private classes, top-5 over all classes, the attacker's selected top-1, KNN distance, FID,
@@ -13,12 +13,18 @@
 
 ``write_report`` writes all of them, the plots (``reports/plots.py``, ``reports/roc.py``,
 ``reports/inversion_grid.py``) and one self-contained ``report.html`` (``reports/html.py``).
+
+Every table names an attack's metric column ``"<attack>: <metric>"`` with the labels of
+:data:`METRIC_LABELS` (one spelling of ``TPR@1%FPR`` etc.), and shows rates - accuracies, TPRs,
+balanced accuracies, inversion top-k - in % (:func:`is_percent`); the CSVs keep the raw numbers.
+The membership / inversion tables (and their files) exist only when such an attack ran.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,20 +34,63 @@ import yaml
 from bench.errors import BenchError
 from bench.store import Store
 
-#: metrics shown in the main table, in order (source, name, label, higher_is_worse)
-MAIN_COLUMNS = [
-    ("utility", "test_acc", "test acc", False),
-    ("utility", "val_acc", "val acc", False),
-    ("loss-threshold", "auc", "LT AUC", True),
-    ("loss-threshold", "tpr_at_1%fpr", "LT TPR@1%FPR", True),
-    ("lira", "auc", "LiRA AUC", True),
-    ("lira", "tpr_at_1%fpr", "LiRA TPR@1%FPR", True),
-    ("rmia", "auc", "RMIA AUC", True),
-    ("rmia", "tpr_at_1%fpr", "RMIA TPR@1%FPR", True),
-    ("rmia", "eps_lb", "RMIA ε̂ (95 %)", True),
-]
+#: labels of the metrics every table shares; a column of an attack's metric is ``"<attack>: <label>"``
+#: (e.g. ``loss-threshold: TPR@1%FPR (%)``), the model's own metrics stand alone (``test acc (%)``)
+METRIC_LABELS = {
+    "test_acc": "test acc", "val_acc": "val acc",
+    "auc": "AUC", "tpr_at_0.1%fpr": "TPR@0.1%FPR", "tpr_at_1%fpr": "TPR@1%FPR", "balanced_acc": "balanced acc",
+    "advantage": "advantage", "eps_lb": "ε̂ lower bound (95 %)", "eps_lb_max_certifiable": "largest certifiable ε̂",
+    "top1": "attack acc top-1", "top2": "top-2", "top5_all": "top-5, all classes", "top1_selected": "selected top-1",
+    "knn_dist": "KNN dist", "fid": "FID", "lpips": "LPIPS",
+}
+#: variants of a metric, named by a prefix (``offline_tpr_at_1%fpr`` -> ``offline TPR@1%FPR (%)``)
+_METRIC_PREFIXES = ("offline_fixed_", "online_fixed_", "offline_", "online_", "canary_", "heldout_")
+#: the inversion metrics that are fractions of the classes (shown in %)
+_INVERSION_RATES = ("top1", "top2", "top5_all", "top1_selected")
+#: sources whose metrics are the model's own, not an attack's
+_MODEL_SOURCES = ("utility",)
+
+
+def is_percent(metric: str) -> bool:
+    """Rates of examples - accuracies, TPRs, balanced accuracies, inversion top-k - are shown in %
+    in every table and plot; AUC, advantage, ε and distances as they are."""
+    return metric.endswith("acc") or "tpr_at_" in metric or metric in _INVERSION_RATES
+
+
+def metric_label(metric: str) -> str:
+    """The display label of a metric, with ``(%)`` when it is shown in percent."""
+    prefix, base = "", metric
+    if metric not in METRIC_LABELS:
+        for p in _METRIC_PREFIXES:
+            if metric.startswith(p) and metric[len(p):] in METRIC_LABELS:
+                prefix, base = p.rstrip("_").replace("_", " ") + " ", metric[len(p):]
+                break
+    label = prefix + METRIC_LABELS.get(base, metric)
+    return label + " (%)" if is_percent(metric) else label
+
+
+def column_label(source: str, metric: str) -> str:
+    """``"<attack>: <metric label>"``; the model's own metrics (``utility``) without a prefix."""
+    label = metric_label(metric)
+    return label if source in _MODEL_SOURCES else f"{source}: {label}"
+
+
+#: metrics shown first in the main table, in order (source, name, label, higher_is_worse)
+MAIN_COLUMNS = [(s, n, column_label(s, n), w) for s, n, w in [
+    ("utility", "test_acc", False),
+    ("utility", "val_acc", False),
+    ("loss-threshold", "auc", True),
+    ("loss-threshold", "tpr_at_1%fpr", True),
+    ("lira", "auc", True),
+    ("lira", "tpr_at_1%fpr", True),
+    ("rmia", "auc", True),
+    ("rmia", "tpr_at_1%fpr", True),
+    ("rmia", "eps_lb", True),
+]]
 #: per-attack diagnostics left out of the summary table (they stay in summary.csv)
 _HIDDEN_SUFFIXES = ("_ci_lo", "_ci_hi", "n_members", "n_nonmembers", "_seconds", "n_references")
+#: the columns that name a row of the summary table (repeated in each part of a split table)
+SUMMARY_KEYS = ["dataset", "defense", "epsilon"]
 
 
 def open_run(run_dir: str | Path) -> Store:
@@ -109,17 +158,25 @@ def _fmt(v, pct: bool) -> str:
     return f"{100 * m:.2f} ± {100 * s:.2f}" if pct else f"{m:.3f} ± {s:.3f}"
 
 
+def _metric_order(col: tuple[str, str]) -> tuple:
+    """An attack's columns together, its labelled metrics first (in METRIC_LABELS' order), then the rest."""
+    src, met = col
+    base = next((met[len(p):] for p in _METRIC_PREFIXES if met.startswith(p)), met)
+    known = list(METRIC_LABELS)
+    return (src, known.index(base) if base in known else len(known), met)
+
+
 def display_table(summary: pd.DataFrame) -> pd.DataFrame:
-    cols = ["dataset", "defense", "epsilon", "ε spent (unit, δ, accountant)", "seeds"]
+    """The summary as formatted strings: the row keys, the ε the accountant recorded, then one column
+    per metric labelled ``"<attack>: <metric>"`` (:func:`column_label`), rates in % (:func:`is_percent`)."""
+    cols = SUMMARY_KEYS + ["ε spent (unit, δ, accountant)", "seeds"]
     disp = summary[cols].copy()
     metric_cols = [c for c in summary.columns if isinstance(c, tuple)]
     ordered = [(s, n) for s, n, _, _ in MAIN_COLUMNS if (s, n) in metric_cols]
-    ordered += sorted(c for c in metric_cols if c not in ordered and c[0] not in ("privacy",)
-                      and not c[1].endswith(_HIDDEN_SUFFIXES) and c[1] != "fit_seconds")
+    ordered += sorted((c for c in metric_cols if c not in ordered and c[0] not in ("privacy",)
+                       and not c[1].endswith(_HIDDEN_SUFFIXES) and c[1] != "fit_seconds"), key=_metric_order)
     for s, n in ordered:
-        label = next((lab for ss, nn, lab, _ in MAIN_COLUMNS if (ss, nn) == (s, n)), f"{s}: {n}")
-        pct = n.endswith("acc") and s in ("utility", "inversion-target")
-        disp[label + (" (%)" if pct else "")] = [_fmt(v, pct) for v in summary[(s, n)]]
+        disp[column_label(s, n)] = [_fmt(v, is_percent(n)) for v in summary[(s, n)]]
     return disp
 
 
@@ -136,24 +193,11 @@ def long_table(df: pd.DataFrame) -> pd.DataFrame:
 PUBLISHED_FILE = Path(__file__).with_name("published.yaml")
 
 #: membership metrics: (metric, label, percent)
-MEMBERSHIP_COLUMNS = [
-    ("auc", "AUC", False),
-    ("tpr_at_0.1%fpr", "TPR@0.1%FPR (%)", True),
-    ("tpr_at_1%fpr", "TPR@1%FPR (%)", True),
-    ("balanced_acc", "balanced acc (%)", True),
-    ("eps_lb", "ε̂ lower bound (95 %)", False),
-    ("eps_lb_max_certifiable", "largest certifiable ε̂", False),
-]
+MEMBERSHIP_COLUMNS = [(m, metric_label(m), is_percent(m)) for m in
+                      ("auc", "tpr_at_0.1%fpr", "tpr_at_1%fpr", "balanced_acc", "eps_lb", "eps_lb_max_certifiable")]
 #: inversion metrics of attacks/_inversion.py: (metric, label, percent)
-INVERSION_COLUMNS = [
-    ("top1", "attack acc top-1 (%)", True),
-    ("top2", "top-2 (%)", True),
-    ("top5_all", "top-5, all classes (%)", True),
-    ("top1_selected", "selected top-1 (%)", True),
-    ("knn_dist", "KNN dist", False),
-    ("fid", "FID", False),
-    ("lpips", "LPIPS", False),
-]
+INVERSION_COLUMNS = [(m, metric_label(m), is_percent(m)) for m in
+                     ("top1", "top2", "top5_all", "top1_selected", "knn_dist", "fid", "lpips")]
 
 
 @dataclass
@@ -282,18 +326,48 @@ def accuracy_table(df: pd.DataFrame, published: str | Path | None = None) -> Tab
                                   "kind": "published", "accuracy_mean": float(e["accuracy"]), "accuracy_std": math.nan,
                                   "seeds": math.nan, "source": sources[e["source"]]["cite"], "caveat": e["caveat"]})
         disp_rows.append(drow)
-    notes = ["Ours: test accuracy on the official test split, mean ± std over seeds; ε is the target budget "
+    split = describe_test_split(sorted(acc["dataset"].unique()))
+    notes = [f"Ours: test accuracy on {split}, mean ± std over seeds; ε is the target budget "
              "(δ " + ", ".join(f"{d}: {v:g}" for d, v in sorted(deltas.items())) + "), in each method's own "
              "privacy unit (example, label, query; metric = metric privacy, not DP): equal ε in different units is not equal privacy. The ε each "
              "accountant recorded is in the summary table."
-             if deltas else "Ours: test accuracy on the official test split, mean ± std over seeds."]
+             if deltas else f"Ours: test accuracy on {split}, mean ± std over seeds."]
     for src, k in marks.items():
         notes.append(f"[{k}] {sources[src]['cite']}.")
     for e in pub:
         notes.append(f"Published {e['method']}, {e['dataset']}, ε={float(e['epsilon']):g} "
                      f"({e['accuracy']:.2f} %, [{marks[e['source']]}]): {e['caveat']}")
-    return Table("accuracy", "Test accuracy (%): ours vs published", pd.DataFrame(disp_rows), pd.DataFrame(data_rows),
-                 notes)
+    disp = pd.DataFrame(disp_rows)
+    has_published = any(c.endswith("(published, %)") for c in disp.columns)
+    if not has_published:
+        notes.append("No published number in reports/published.yaml for these (dataset, ε) columns.")
+    title = "Test accuracy (%): ours vs published" if has_published else "Test accuracy (%)"
+    return Table("accuracy", title, disp, pd.DataFrame(data_rows), notes)
+
+
+def official_test_split(dataset: str) -> bool | None:
+    """Whether ``dataset`` ships an official test split (its class's ``official_test_split``);
+    None for a dataset that is not registered."""
+    from bench import registry
+
+    try:
+        cls = registry.get_dataset(dataset)
+    except (BenchError, KeyError):
+        return None
+    return bool(getattr(cls, "official_test_split", True))
+
+
+def describe_test_split(datasets: list[str]) -> str:
+    """"the official test split" only where every dataset has one; otherwise which do and which not."""
+    kinds = {d: official_test_split(d) for d in datasets}
+    official = [d for d, k in kinds.items() if k]
+    fixed = [d for d, k in kinds.items() if k is False]
+    if datasets and len(official) == len(datasets):
+        return "the official test split"
+    if not fixed:
+        return "the dataset's test split"
+    words = f"a fixed held-out test split for {', '.join(fixed)} (no official one; see bench/datasets)"
+    return f"the official test split for {', '.join(official)} and {words}" if official else words
 
 
 def _attack_table(df: pd.DataFrame, name: str, title: str, columns: list, key_metric: str, notes: list[str]) -> Table:
@@ -347,19 +421,54 @@ def inversion_table(df: pd.DataFrame) -> Table:
 
 
 def paper_tables(df: pd.DataFrame, published: str | Path | None = None) -> list[Table]:
-    return [accuracy_table(df, published), membership_table(df), inversion_table(df)]
+    """The accuracy table, and the membership / inversion tables only where such an attack ran."""
+    return [accuracy_table(df, published)] + [t for t in (membership_table(df), inversion_table(df)) if len(t.display)]
+
+
+#: the files of the tables a run may not have (an attack kind that did not run)
+_OPTIONAL_TABLES = ("membership", "inversion")
+
+
+def _os_error(out: Path, e: OSError) -> str:
+    """One line for an OSError while writing the report: which directory, why, and the file."""
+    where = Path(e.filename) if isinstance(e.filename, (str, Path)) else None
+    what = e.strerror or str(e)
+    if where is not None and out.resolve() not in (where.resolve(), *where.resolve().parents):
+        msg = f"bench report failed on {where}: {what}"
+    else:
+        msg = f"cannot write the report to {out}: {what}" + (f" ({where})" if where is not None and where != out else "")
+    return " ".join(msg.split())
 
 
 def write_report(run_dir: str | Path, out: str | Path | None = None) -> list[Path]:
+    """Every table, figure and report.html of ``run_dir`` into ``out`` (default ``RUN_DIR/report``).
+    A directory that cannot be created or written is a :class:`BenchError` (one line), not a traceback."""
     df = load_frame(run_dir)
     out = Path(out) if out else Path(run_dir) / "report"
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise BenchError(f"cannot write the report to {out}: it is a file, not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BenchError(_os_error(out, e)) from None
+    try:
+        with tempfile.TemporaryFile(dir=out):  # fails now, not after the figures, on a read-only directory
+            pass
+    except OSError as e:
+        raise BenchError(f"cannot write the report to {out}: {e.strerror or e}") from None
+    try:
+        return _write_report(run_dir, out, df)
+    except OSError as e:
+        raise BenchError(_os_error(out, e)) from None
+
+
+def _write_report(run_dir: str | Path, out: Path, df: pd.DataFrame) -> list[Path]:
     disp = display_table(summary_table(df))
     paths = []
     md = out / "summary.md"
-    md.write_text("# Results\n\nMean ± std over seeds. Accuracies in %; leakage metrics raw "
-                  "(AUC 0.5 = chance). ε is what the accountant recorded, with its privacy unit.\n\n"
-                  + disp.to_markdown(index=False) + "\n")
+    md.write_text("# Results\n\nMean ± std over seeds. Columns `<attack>: <metric>`; accuracies, TPRs and balanced "
+                  "accuracies in %, AUC, advantage and ε̂ raw (AUC 0.5 = chance). ε is what the accountant recorded, "
+                  "with its privacy unit.\n\n" + disp.to_markdown(index=False) + "\n")
     paths.append(md)
     # claimed vs audited eps (audit.md/csv); a loud warning line in summary.md when a row is flagged
     from .audit_table import write_audit_report
@@ -371,12 +480,15 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> list[Pat
     tex = out / "summary.tex"
     tex.write_text(latex(disp, caption="Every metric, mean ± std over seeds"))
     paths.append(tex)
-    # paper-style tables, each as .md/.tex/.csv
+    # paper-style tables, each as .md/.tex/.csv; none for an attack kind that did not run
     from .study import study_table
 
     tables = paper_tables(df) + [study_table(df, run_dir)]
     for t in tables:
         paths += t.write(out)
+    for name in set(_OPTIONAL_TABLES) - {t.name for t in tables}:  # left over from an earlier report
+        for ext in ("md", "tex", "csv"):
+            (out / f"{name}.{ext}").unlink(missing_ok=True)
     from .html import write_html
     from .plots import render_figures
 

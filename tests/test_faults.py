@@ -14,9 +14,7 @@ import hashlib
 import os
 import pickle
 import re
-import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -25,8 +23,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
-from conftest import REPO, TINY_SUITE, assert_user_error, bench_cmd, bench_env, store_rows, write_fake_mnist, write_suite
+from conftest import (
+    REPO,
+    TINY_SUITE,
+    assert_user_error,
+    bench_cmd,
+    bench_env,
+    store_rows,
+    write_fake_mnist,
+    write_suite,
+)
 
 ONE_CELL = {**TINY_SUITE, "seeds": [0], "defenses": {"none": TINY_SUITE["defenses"]["none"]}}
 

@@ -509,7 +509,7 @@ def test_report_writes_md_csv_tex_with_mean_and_std(cli, finished_run, tmp_path)
         cell = f"{100 * m:.2f} ± {100 * s:.2f}"
         assert cell in md, f"{cell} not in summary.md"
         assert f"{100 * m:.2f} $\\pm$ {100 * s:.2f}" in tex
-    assert "LT AUC" in md and "∞ (not private)" in md and "example" in md
+    assert "loss-threshold: AUC" in md and "∞ (not private)" in md and "example" in md
     rows = list(csv.DictReader((out / "summary.csv").open()))
     got = {r["defense"]: r for r in rows if r["metric"] == "test_acc"}
     for d, vals in acc.items():

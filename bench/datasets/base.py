@@ -55,6 +55,9 @@ class Dataset:
     default_sizes: dict = {}
     #: default private classes for the inversion protocol
     default_private_classes: tuple[int, ...] = (0, 1, 2, 3, 4)
+    #: whether the dataset ships an official test split (reports say "the official test split"
+    #: only then; otherwise the loader's fixed held-out split plays that role)
+    official_test_split: bool = True
     source: str = ""
 
     def load(self, root: Path, download: bool = True) -> RawData:  # pragma: no cover - abstract

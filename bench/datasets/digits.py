@@ -18,6 +18,8 @@ from .base import Dataset, RawData
 class Digits(Dataset):
     """sklearn digits: 1 797 images, 8x8 grey, 10 classes; ships with scikit-learn."""
 
+    official_test_split = False
+
     folder = "digits"
     default_sizes = {"members": 600, "val": 200, "nonmembers": 457}
     source = "sklearn.datasets.load_digits (UCI ML optical recognition of handwritten digits)"
