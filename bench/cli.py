@@ -71,7 +71,7 @@ def _cmd_run(args) -> int:
 def _cmd_report(args) -> int:
     from reports.tables import write_report
 
-    paths = write_report(args.run_dir, args.out)
+    paths = write_report(args.run_dir, args.out, inversion_from=args.inversion_from)
     for p in paths:
         print(p)
     return 0
@@ -122,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
                                         "directory")
     rep.add_argument("run_dir")
     rep.add_argument("--out", help="output directory (default RUN_DIR/report)")
+    rep.add_argument("--inversion-from", metavar="RUN_DIR2",
+                     help="a run whose inversion attacks ran on the same defenses in a separate invocation: its "
+                          "inversion metrics join the tables (for the rows RUN_DIR has) and its grids are drawn")
     rep.set_defaults(func=_cmd_report)
 
     ch = sub.add_parser("check", help="fail when leakage rises or accuracy falls against a baseline, "

@@ -250,7 +250,7 @@ def _roc_chunk(jobs: list) -> list[Path]:
 
 
 def render_figures(run_dir: str | Path, out: str | Path, df: pd.DataFrame, *, workers: int | None = None,
-                   parallel_from: int = 12) -> dict[str, list[Path]]:
+                   parallel_from: int = 12, inversion_run: str | Path | None = None) -> dict[str, list[Path]]:
     """All figures of ``bench report``: ``plots`` (accuracy / leakage vs ε), ``roc`` (one
     linear + log-log ROC figure per cell, reports/roc.py), ``grids`` (combined inversion grids of
     reports/inversion_grid.py, then the per-cell mosaics). Matplotlib layout dominates the cost
@@ -263,23 +263,24 @@ def render_figures(run_dir: str | Path, out: str | Path, df: pd.DataFrame, *, wo
     from .roc import load_run_curves
 
     out = Path(out)
+    inv_run = inversion_run or run_dir  # the inversion grids' store (write_report's inversion_from)
     cells = sorted(load_run_curves(run_dir).values(), key=lambda c: c["stem"])
     roc_jobs = [(dict(sorted(c["curves"].items())), out / "roc" / f"{c['stem']}.png", c["title"]) for c in cells]
     workers = workers or min(4, os.cpu_count() or 1)
     if workers <= 1 or len(roc_jobs) < parallel_from:
         roc = _roc_chunk(roc_jobs)
-        grids = write_grids(run_dir, out / "inversion", per_cell=False)
+        grids = write_grids(inv_run, out / "inversion", per_cell=False)
         plots = write_plots(df, out / "plots")
     else:
         import multiprocessing as mp
 
         with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-            grids_f = pool.submit(write_grids, run_dir, out / "inversion", per_cell=False)
+            grids_f = pool.submit(write_grids, inv_run, out / "inversion", per_cell=False)
             size = max(1, math.ceil(len(roc_jobs) / (4 * workers)))
             roc_f = [pool.submit(_roc_chunk, roc_jobs[i:i + size]) for i in range(0, len(roc_jobs), size)]
             plots = write_plots(df, out / "plots")
-            mosaics = write_cell_mosaics(run_dir, out / "inversion" / "cells")
+            mosaics = write_cell_mosaics(inv_run, out / "inversion" / "cells")
             roc = [p for f in roc_f for p in f.result()]
             grids = grids_f.result() + mosaics
         return {"plots": plots, "roc": roc, "grids": grids}
-    return {"plots": plots, "roc": roc, "grids": grids + write_cell_mosaics(run_dir, out / "inversion" / "cells")}
+    return {"plots": plots, "roc": roc, "grids": grids + write_cell_mosaics(inv_run, out / "inversion" / "cells")}

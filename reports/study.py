@@ -96,8 +96,10 @@ def study_table(df: pd.DataFrame, run_dir) -> Table:
                 data[f"{a}_{met}"] = mm
         for a in inv:
             mm, ss, nn = _mean_std(g.loc[(g.source == a) & (g.metric == "top1"), "value"])
+            seeds = sorted(int(x) for x in g.loc[(g.source == a) & (g.metric == "top1"), "seed"].unique())
             row[f"{a}: {metric_label('top1')}"] = "—" if not nn else f"{100 * mm:.1f}" + (
-                f" ± {100 * ss:.1f}" if nn > 1 else "")
+                f" ± {100 * ss:.1f}" if nn > 1 else "") + (
+                f" (seed {', '.join(map(str, seeds))})" if len(seeds) < row["seeds"] else "")
             data[f"{a}_top1"] = mm
         disp_rows.append(row)
         data_rows.append(data)

@@ -440,10 +440,53 @@ def _os_error(out: Path, e: OSError) -> str:
     return " ".join(msg.split())
 
 
-def write_report(run_dir: str | Path, out: str | Path | None = None) -> list[Path]:
+def _inversion_sources(run_dir) -> set[str]:
+    """The attack names (suite aliases) of ``run_dir``'s cells whose attack is of kind inversion."""
+    from bench import registry
+
+    store = open_run(run_dir)
+    try:
+        cells = store.cells("done")
+    finally:
+        store.close()
+    out = set()
+    for c in cells:
+        for alias, acfg in (json.loads(c["config"]).get("attacks") or {}).items():
+            try:
+                if registry.get_attack((acfg or {}).get("method", alias)).kind == "inversion":
+                    out.add(alias)
+            except BenchError:
+                continue
+    return out
+
+
+def merge_inversion(df: pd.DataFrame, other: pd.DataFrame, sources: set[str]) -> pd.DataFrame:
+    """``df`` plus the inversion metrics of ``other`` (attacks in ``sources`` and the
+    ``inversion-target`` utility) for the (dataset, defense, ε, seed) rows that ``df`` has and
+    that lack them: inversion attacks of the same defenses run in a separate invocation. Nothing
+    else of ``other`` is taken (its own utility, privacy and membership rows stay out)."""
+    key = ["dataset", "defense", "epsilon", "seed"]
+    have = df[key].drop_duplicates()
+    take = other[other.source.isin(sources | {"inversion-target"})]
+    take = take[~take.source.isin(set(df.source))]
+    take = take.merge(have, on=key, how="inner")
+    if not len(take):
+        return df
+    meta = df.drop_duplicates(key).set_index(key)[[c for c in df.columns if c not in key + ["source", "metric", "value"]]]
+    take = take[key + ["source", "metric", "value"]].join(meta, on=key)
+    return pd.concat([df, take[df.columns]], ignore_index=True)
+
+
+def write_report(run_dir: str | Path, out: str | Path | None = None, *,
+                 inversion_from: str | Path | None = None) -> list[Path]:
     """Every table, figure and report.html of ``run_dir`` into ``out`` (default ``RUN_DIR/report``).
-    A directory that cannot be created or written is a :class:`BenchError` (one line), not a traceback."""
+    ``inversion_from``: another run whose inversion attacks ran on the same defenses (e.g. the
+    ``dpsd-audit`` membership study and its inversion invocation): their metrics join the tables
+    for the rows ``run_dir`` has (:func:`merge_inversion`), and the inversion grids are drawn from
+    it. A directory that cannot be created or written is a :class:`BenchError` (one line), not a traceback."""
     df = load_frame(run_dir)
+    if inversion_from is not None:
+        df = merge_inversion(df, load_frame(inversion_from), _inversion_sources(inversion_from))
     out = Path(out) if out else Path(run_dir) / "report"
     if out.exists() and not out.is_dir():
         raise BenchError(f"cannot write the report to {out}: it is a file, not a directory")
@@ -457,12 +500,12 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> list[Pat
     except OSError as e:
         raise BenchError(f"cannot write the report to {out}: {e.strerror or e}") from None
     try:
-        return _write_report(run_dir, out, df)
+        return _write_report(run_dir, out, df, inversion_from)
     except OSError as e:
         raise BenchError(_os_error(out, e)) from None
 
 
-def _write_report(run_dir: str | Path, out: Path, df: pd.DataFrame) -> list[Path]:
+def _write_report(run_dir: str | Path, out: Path, df: pd.DataFrame, inversion_from=None) -> list[Path]:
     disp = display_table(summary_table(df))
     paths = []
     md = out / "summary.md"
@@ -493,7 +536,7 @@ def _write_report(run_dir: str | Path, out: Path, df: pd.DataFrame) -> list[Path
     from .plots import render_figures
 
     # curves, ROC per cell, combined inversion grids (captions) and per-cell mosaics
-    figs = render_figures(run_dir, out, df)
+    figs = render_figures(run_dir, out, df, inversion_run=inversion_from)
     plots, roc, grids = figs["plots"], figs["roc"], figs["grids"]
     paths += plots + roc + grids
     # one self-contained page holding all of the above

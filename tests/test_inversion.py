@@ -300,3 +300,26 @@ def test_judge_protocol_option_keeps_old_keys_and_reaches_task_for(tmp_path):
     for bad in ({"protocol": [1]}, {"protocol": {"kind": "inversion"}}):
         with pytest.raises(BenchError, match="evaluator.protocol"):
             make_config(EvaluatorConfig, bad, "evaluator")
+
+
+def test_report_with_inversion_from_another_run(inversion_run, finished_run, tmp_path):
+    """``bench report RUN --inversion-from RUN2``: RUN2's inversion metrics join RUN's rows (same
+    dataset, defense, eps, seed) and nothing else of RUN2 does; the grids come from RUN2."""
+    import pandas as pd
+
+    from reports.tables import load_frame, write_report
+
+    out = tmp_path / "rep"
+    write_report(finished_run["out"], out, inversion_from=inversion_run["out"])
+    study = pd.read_csv(out / "study.csv")
+    base = load_frame(finished_run["out"])
+    merged_cols = [c for c in study.columns if c.startswith("gmi_")]
+    assert merged_cols, study.columns
+    none = study[study.defense == "none"].iloc[0]
+    assert 0 <= none["gmi_top1"] <= 1
+    md = (out / "study.md").read_text()
+    assert "gmi: attack acc top-1 (%)" in md and "(seed 0)" in md  # the membership run has seeds 0 and 1
+    assert list((out / "inversion").glob("inversion_digits_gmi*.png"))
+    # utility and membership numbers are RUN's alone
+    acc = base[(base.source == "utility") & (base.metric == "test_acc") & (base.defense == "none")]["value"]
+    assert abs(study[study.defense == "none"].iloc[0]["test_acc_mean"] - acc.mean()) < 1e-12
