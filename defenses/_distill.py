@@ -327,6 +327,31 @@ class RRAnnotator:
 # accounting (library accountants only: Google dp_accounting)
 
 
+#: dp_accounting's PLD discretization of the privacy loss (its default)
+PLD_INTERVAL = 1e-4
+#: a composed PLD larger than this many points (8 bytes each, several copies in the FFT) is refused
+PLD_MAX_POINTS = 2e8
+
+
+def pld_points(noise_multiplier: float, steps: int) -> float:
+    """About how many points the PLD of ``steps`` composed Gaussians at ``noise_multiplier`` holds
+    (loss support ~ steps * (1/(2z^2) + 10/z), over the 1e-4 grid)."""
+    z = max(float(noise_multiplier), 1e-12)
+    return max(int(steps), 1) * (0.5 / z**2 + 10.0 / z) / PLD_INTERVAL
+
+
+def _check_pld(noise_multiplier: float, steps: int, what: str) -> None:
+    """A near-noiseless budget (epsilon = 1e4: z ~ 0.05) would need a PLD of ~1e9 points: the
+    process was killed for memory after the teacher had trained. Refuse it in one line instead;
+    RDP (an upper bound as well, looser) handles any z."""
+    from bench.errors import BenchError
+
+    n = pld_points(noise_multiplier, steps)
+    if n > PLD_MAX_POINTS:
+        raise BenchError(f"{what}: noise multiplier {noise_multiplier:.3g} over {steps} compositions needs a PLD of "
+                         f"~{n:.1e} points (more memory than a machine has); set accountant: rdp for such a budget")
+
+
 def _accountant(name: str, relation: str = "add_remove"):
     from dp_accounting.pld.pld_privacy_accountant import PLDAccountant
     from dp_accounting.privacy_accountant import NeighboringRelation
@@ -347,6 +372,8 @@ def gaussian_epsilon(noise_multiplier: float, steps: int, delta: float, accounta
 
     if steps <= 0:
         return 0.0
+    if accountant == "pld":
+        _check_pld(noise_multiplier, steps, "PLD accountant")
     acc = _accountant(accountant)
     acc.compose(dp_event.GaussianDpEvent(noise_multiplier), int(steps))
     return float(acc.get_epsilon(delta))
@@ -367,6 +394,7 @@ def calibrate_gaussian(target_epsilon: float, delta: float, steps: int, accounta
                                       mc.LowerEndpointAndGuess(1e-3, 1.0), tol=1e-4)
     if accountant == "rdp":
         return float(z_rdp)
+    _check_pld(0.5 * z_rdp, steps, f"target epsilon {target_epsilon:g} (PLD accountant)")
     z = mc.calibrate_dp_mechanism(lambda: _accountant(accountant), event, target_epsilon, delta,
                                   mc.ExplicitBracketInterval(0.5 * z_rdp, z_rdp), tol=1e-3 * z_rdp)
     return float(z)

@@ -507,3 +507,21 @@ def test_suite_descriptions_do_not_promise_every_attack():
         used = {c.get("method", a) for a, c in s.attacks.items()}
         if re.search(r"every (defen[cs]e and )?attack", s.description):
             assert used == everything, f"{name} says 'every attack' but runs {sorted(used)}"
+
+
+def test_near_noiseless_budget_is_one_line_not_an_oom_kill():
+    """epsilon = 1e4 over 400 Gaussian compositions: the PLD accountant would need ~1e9 points (the
+    process was killed for memory after its teacher had trained); refused in one line, pointing to
+    RDP, which handles it. Ordinary budgets are untouched."""
+    from bench.errors import BenchError
+    from defenses import _distill as D
+
+    t0 = time.time()
+    with pytest.raises(BenchError, match="accountant: rdp") as ei:
+        D.calibrate_gaussian(1e4, 1e-5, 400)
+    assert "\n" not in str(ei.value) and time.time() - t0 < 30
+    z = D.calibrate_gaussian(1e4, 1e-5, 400, "rdp")
+    assert 0 < z < 1
+    with pytest.raises(BenchError):
+        D.gaussian_epsilon(z, 400, 1e-5)
+    assert D.pld_points(D.calibrate_gaussian(1.0, 1e-5, 1, "rdp"), 400) < D.PLD_MAX_POINTS
