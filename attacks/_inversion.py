@@ -173,7 +173,7 @@ class EvaluatorConfig:
     seed: int = 0
     #: the classification protocol the judge is trained under (e.g. ``{}``: the dataset's default
     #: sizes); None: the suite's own protocol. Suites with a small member set (``dpsd-audit``) set
-    #: ``{}`` so that their judge is the full-data one of ``mnist-eps1``, not one fit on 2 000 images.
+    #: ``{}`` so that their judge is trained like the full-data one of ``mnist-eps1``, not on 2 000 images.
     protocol: Optional[dict] = None
 
     def validate(self):
@@ -836,10 +836,8 @@ def load_alexnet_trunk(net: nn.Module, path: str) -> None:
     (``slice1..5``, children named by their index in ``features``). The file's SHA-256 must start
     with the hex digits in its name (torch.hub's convention, ``alexnet-owt-7be5be79.pth``) and it
     is read with ``weights_only=True``: tensors only, no code."""
-    import re
-
-    m = re.search(r"-([a-f0-9]{6,})\.", os.path.basename(path))
-    if m is None:
+    m = torch.hub.HASH_REGEX.search(os.path.basename(path))
+    if m is None or len(m.group(1)) < 6:
         raise BenchError(f"{path}: no hash prefix in the file name, refusing to load it")
     h = hashlib.sha256()
     with open(path, "rb") as f:

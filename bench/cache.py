@@ -115,7 +115,6 @@ def load_entry(path: str | Path) -> dict[str, Any]:
         raise CorruptEntry(f"{type(e).__name__}: {e}") from e
 
 
-
 def load_arrays(path: str | Path) -> dict[str, np.ndarray] | None:
     """The numpy arrays of the verified cache entry at ``path`` (keys as stored, e.g.
     ``array.scores``), or None when there is no such entry; raises ``CorruptEntry``."""

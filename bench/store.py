@@ -105,7 +105,7 @@ def _sqlite_errors(path: Path):
     except sqlite3.DatabaseError as e:
         msg = " ".join(str(e).split())
         if isinstance(e, sqlite3.OperationalError):  # disk full, read-only, locked, I/O error
-            raise BenchError(f"run store {path}: {msg} (the failed write was rolled back; what was recorded "
+            raise BenchError(f"run store {path}: {msg} (a failed transaction is rolled back; what was recorded "
                              "before it is intact)") from None
         raise BenchError(f"run store {path} is not a readable results database ({msg}); move it away or "
                          "choose another --out") from None

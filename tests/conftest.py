@@ -7,6 +7,7 @@ Training uses sklearn's embedded ``digits`` (no download) with tiny protocols an
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import shutil
@@ -114,6 +115,21 @@ def cli(capsys):
         return code, out, err
 
     return run
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str = "256k", ro: bool = False):
+    """A small tmpfs at ``path`` (skips the test where mounting is not allowed): a real full disk
+    or read-only file system for fault tests."""
+    path.mkdir(parents=True, exist_ok=True)
+    opts = f"size={size}" + (",ro" if ro else "")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip()[:80]})")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
 def bench_env(extra: dict | None = None) -> dict:

@@ -30,6 +30,7 @@ from conftest import (
     bench_cmd,
     bench_env,
     store_rows,
+    tmpfs,
     write_fake_mnist,
     write_suite,
 )
@@ -52,20 +53,6 @@ def _flip_byte(path: Path, where: float = 0.5) -> None:
     i = int(len(data) * where)
     data[i] ^= 0xFF
     path.write_bytes(bytes(data))
-
-
-@contextlib.contextmanager
-def tmpfs(path: Path, size: str = "256k", ro: bool = False):
-    """A small tmpfs at ``path`` (skip the test where mounting is not allowed)."""
-    path.mkdir(parents=True, exist_ok=True)
-    opts = f"size={size}" + (",ro" if ro else "")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip()[:80]})")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
 # -- 1. reports read cached arrays through the verified loader ----------------------------------

@@ -20,11 +20,11 @@ from __future__ import annotations
 import contextlib
 import math
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
 import test_html_report
+from conftest import tmpfs
 from test_html_report import PNG_MAGIC, _console_errors, _open, make_run
 
 #: headless Chromium, as tests/test_html_report.py starts it (skipped without it)
@@ -294,13 +294,8 @@ def _read_only_dir(tmp_path: Path):
         return
     d.chmod(0o755)
     (d / "probe").unlink()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,ro", "tmpfs", str(d)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"no read-only directory here: mode 0555 is writable and mount failed ({r.stderr.strip()[:80]})")
-    try:
+    with tmpfs(d, size="64k", ro=True):
         yield d
-    finally:
-        subprocess.run(["umount", "-l", str(d)], capture_output=True)
 
 
 @pytest.mark.parametrize("where", ["read-only directory", "read-only directory itself", "a file in the way",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -13,23 +12,17 @@ from ..registry import register_dataset
 from .base import Dataset, RawData
 
 
-def _md5(path: Path) -> str:
-    h = hashlib.md5()  # noqa: S324 - torchvision's published checksums are MD5
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def corrupt_file_error(ds: Dataset, cls, folder: Path) -> BenchError | None:
     """A present raw file that is not the one torchvision expects: a ``.gz`` whose MD5 differs from
     torchvision's, or an extracted copy that differs from its (correct) ``.gz`` decompressed.
     None when every present file checks out (then the files are missing, not corrupt)."""
+    from torchvision.datasets.utils import calculate_md5
+
     raw = folder / cls.__name__ / "raw"
     for fname, md5 in getattr(cls, "resources", []):
         gz = raw / fname
         if gz.is_file():
-            actual = _md5(gz)
+            actual = calculate_md5(str(gz))
             if actual != md5:
                 return BenchError(f"dataset '{ds.name}': {gz} is corrupt (MD5 {actual}, expected {md5}, "
                                   f"torchvision's); replace it with the original file")
