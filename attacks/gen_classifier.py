@@ -38,20 +38,17 @@ from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from attacks._generator import (
+from bench.api import Attack, AttackResult, BenchError, register_attack
+from bench.lib.generators import (
     balanced_accuracy,
     generator_of,
     halves,
     knn_distances,
     sample_synthetic,
     skipped,
+    synthetic_seed,
 )
-from attacks._references import eval_split, summarize
-from attacks.gen_distance import synthetic_seed
-from attacks.loss_threshold import balanced_eval_sets
-from bench.api import Attack, AttackResult
-from bench.errors import BenchError
-from bench.registry import register_attack
+from bench.lib.membership.references import balanced_eval_sets, eval_split, summarize
 
 
 @dataclass

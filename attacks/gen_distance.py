@@ -32,7 +32,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from attacks._generator import (
+from bench.api import Attack, AttackResult, BenchError, register_attack
+from bench.lib.generators import (
     balanced_accuracy,
     best_threshold,
     generator_of,
@@ -40,12 +41,9 @@ from attacks._generator import (
     knn_distances,
     sample_synthetic,
     skipped,
+    synthetic_seed,
 )
-from attacks._references import eval_split, summarize
-from attacks.loss_threshold import balanced_eval_sets
-from bench.api import Attack, AttackResult
-from bench.errors import BenchError
-from bench.registry import register_attack
+from bench.lib.membership.references import balanced_eval_sets, eval_split, summarize
 
 
 @dataclass
@@ -75,10 +73,6 @@ def privacy_loss_2fold(scores: np.ndarray, labels: np.ndarray, seed: int) -> dic
         accs.append(balanced_accuracy(scores[ev] >= t, labels[ev]))
     p = float(np.mean(accs))
     return {"heldout_balanced_acc": p, "privacy_loss": (p - 0.5) / 0.5}
-
-
-def synthetic_seed(cell_seed: int, sample_seed: int) -> int:
-    return int(cell_seed) * 1_000_003 + 7919 * int(sample_seed) + 17
 
 
 @register_attack("gen-distance")

@@ -40,14 +40,11 @@ from typing import Literal
 import numpy as np
 import torch
 
-from attacks._generator import generator_of, sample_synthetic, skipped
-from attacks.gen_distance import synthetic_seed
-from bench.api import Attack, AttackResult
-from bench.errors import BenchError
-from bench.models import build_model, spec_for
-from bench.registry import register_attack
-from bench.tasks import Split
-from bench.train import accuracy, fit_classifier, predict_logits
+from bench.api import Attack, AttackResult, BenchError, register_attack
+from bench.lib.generators import generator_of, sample_synthetic, skipped, synthetic_seed
+from bench.lib.models import build_model, spec_for
+from bench.lib.tasks import Split
+from bench.lib.train import accuracy, fit_classifier, predict_logits
 
 
 @dataclass

@@ -20,11 +20,15 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from bench.api import Attack, AttackResult
-from bench.errors import BenchError
-from bench.registry import register_attack
-
-from ._inversion import WGANConfig, common_eval_kwargs, evaluate_inversion, freeze, resolve, wgan_prior
+from bench.api import Attack, AttackResult, BenchError, register_attack
+from bench.lib.inversion import (
+    WGANConfig,
+    common_eval_kwargs,
+    evaluate_inversion,
+    freeze,
+    resolve,
+    wgan_prior,
+)
 
 
 @dataclass

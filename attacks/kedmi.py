@@ -21,11 +21,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from bench.api import Attack, AttackResult
-from bench.errors import BenchError
-from bench.registry import register_attack
-
-from ._inversion import (
+from bench.api import Attack, AttackResult, BenchError, register_attack
+from bench.lib.inversion import (
     KEDMIGANConfig,
     common_eval_kwargs,
     evaluate_inversion,

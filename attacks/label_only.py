@@ -22,12 +22,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from attacks._references import eval_split, fit_references, rotate_views, shift_views, summarize
-from attacks.loss_threshold import balanced_eval_sets
-from bench.api import Attack, AttackResult
-from bench.errors import BenchError
-from bench.registry import register_attack
-from bench.train import predict_logits
+from bench.api import Attack, AttackResult, BenchError, register_attack
+from bench.lib.membership.references import (
+    balanced_eval_sets,
+    eval_split,
+    fit_references,
+    rotate_views,
+    shift_views,
+    summarize,
+)
+from bench.lib.train import predict_logits
 
 
 @dataclass

@@ -34,12 +34,16 @@ from typing import Literal
 import numpy as np
 from scipy import stats
 
-from attacks._references import eval_split, fit_references, logit_scaled_confidence, summarize, view_logits
-from attacks.loss_threshold import balanced_eval_sets
-from bench.api import Attack, AttackResult
-from bench.errors import BenchError
-from bench.metrics import membership_metrics
-from bench.registry import register_attack
+from bench.api import Attack, AttackResult, BenchError, register_attack
+from bench.lib.membership.metrics import membership_metrics
+from bench.lib.membership.references import (
+    balanced_eval_sets,
+    eval_split,
+    fit_references,
+    logit_scaled_confidence,
+    summarize,
+    view_logits,
+)
 
 
 @dataclass

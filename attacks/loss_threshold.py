@@ -22,10 +22,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from attacks._references import summarize
-from bench.api import Attack, AttackResult
-from bench.registry import register_attack
-from bench.train import loss_from_log_odds, per_example_log_odds
+from bench.api import Attack, AttackResult, register_attack
+from bench.lib.membership.references import balanced_eval_sets, summarize
+from bench.lib.train import loss_from_log_odds, per_example_log_odds
 
 
 @dataclass
@@ -34,14 +33,6 @@ class LossThresholdConfig:
     n_eval: int = 1000
     #: bootstrap resamples for the confidence intervals (0: none)
     n_boot: int = 1000
-
-
-def balanced_eval_sets(task, n_eval: int, seed: int):
-    rng = np.random.default_rng(seed)
-    n = min(n_eval, len(task.members), len(task.nonmembers))
-    mi = np.sort(rng.choice(len(task.members), n, replace=False))
-    ni = np.sort(rng.choice(len(task.nonmembers), n, replace=False))
-    return task.members.subset(mi), task.nonmembers.subset(ni)
 
 
 @register_attack("loss-threshold")

@@ -18,11 +18,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from bench.api import Attack, AttackResult
-from bench.errors import BenchError
-from bench.registry import register_attack
-
-from ._inversion import common_eval_kwargs, evaluate_inversion, freeze
+from bench.api import Attack, AttackResult, BenchError, register_attack
+from bench.lib.inversion import common_eval_kwargs, evaluate_inversion, freeze
 
 
 @dataclass

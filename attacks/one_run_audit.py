@@ -33,13 +33,11 @@ from typing import Literal
 
 import numpy as np
 
-from attacks._references import audit_delta, logit_scaled_confidence
-from bench.api import Attack, AttackResult
-from bench.audit import one_run_eps_lower_bound
-from bench.errors import BenchError
-from bench.metrics import membership_metrics
-from bench.registry import register_attack
-from bench.train import accuracy, loss_from_log_odds, per_example_log_odds, predict_logits
+from bench.api import Attack, AttackResult, BenchError, register_attack
+from bench.lib.audit.bounds import ONE_RUN_GRID_SIZE, one_run_eps_lower_bound
+from bench.lib.membership.metrics import membership_metrics
+from bench.lib.membership.references import audit_delta, logit_scaled_confidence
+from bench.lib.train import accuracy, loss_from_log_odds, per_example_log_odds, predict_logits
 
 
 @dataclass
@@ -49,10 +47,8 @@ class OneRunAuditConfig:
     score: Literal["loss", "logit"] = "loss"
     #: confidence of the bound is 1 - alpha
     alpha: float = 0.05
-    #: (k+, k-) values per side on the geometric guess grid (Bonferroni over all pairs); a coarse
-    #: grid keeps the correction small: the largest certifiable bound at m = 500, delta = 1e-5 is
-    #: 2.98 with 4 values per side and 2.68 with 12 (docs/methods/audit.md)
-    grid_size: int = 4
+    #: (k+, k-) values per side on the geometric guess grid (Bonferroni over all pairs)
+    grid_size: int = ONE_RUN_GRID_SIZE
     canary_seed: int = 0
 
     def validate(self):

@@ -39,12 +39,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from bench.api import Attack, AttackResult
-from bench.audit import one_run_eps_lower_bound
-from bench.canaries import draw_query_canaries
-from bench.errors import BenchError
-from bench.metrics import membership_metrics
-from bench.registry import register_attack
+from bench.api import Attack, AttackResult, BenchError, register_attack
+from bench.lib.audit.bounds import one_run_eps_lower_bound
+from bench.lib.audit.canaries import draw_query_canaries
+from bench.lib.membership.metrics import membership_metrics
 
 #: defenses whose mechanism records canary queries (config key ``own_unit_canaries``)
 SUPPORTED = ("dpsd", "dpdfd")
@@ -86,7 +84,7 @@ def release_scores(record: dict) -> np.ndarray:
 
 def student_scores(student, x: torch.Tensor, label_in: np.ndarray, label_out: np.ndarray, device) -> np.ndarray:
     """The final student's log-odds of the canary class against the teacher's class."""
-    from bench.train import predict_logits
+    from bench.lib.train import predict_logits
 
     z = predict_logits(student, x, device).double()
     li = torch.as_tensor(np.asarray(label_in), dtype=torch.long)

@@ -19,11 +19,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from bench.api import Attack, AttackResult
-from bench.errors import BenchError
-from bench.registry import register_attack
-
-from ._inversion import (
+from bench.api import Attack, AttackResult, BenchError, register_attack
+from bench.lib.inversion import (
     PLGGANConfig,
     augment,
     common_eval_kwargs,

@@ -37,7 +37,10 @@ from typing import Literal, Optional
 import numpy as np
 from scipy.stats import rankdata
 
-from attacks._references import (
+from bench.api import Attack, AttackResult, BenchError, register_attack
+from bench.lib.membership.metrics import membership_metrics
+from bench.lib.membership.references import (
+    balanced_eval_sets,
     eval_split,
     fit_references,
     population_split,
@@ -45,11 +48,6 @@ from attacks._references import (
     true_class_prob,
     view_logits,
 )
-from attacks.loss_threshold import balanced_eval_sets
-from bench.api import Attack, AttackResult
-from bench.errors import BenchError
-from bench.metrics import membership_metrics
-from bench.registry import register_attack
 
 A_GRID = tuple(round(0.1 * i, 1) for i in range(11))
 

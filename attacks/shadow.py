@@ -27,11 +27,15 @@ from typing import Literal, Optional
 
 import numpy as np
 
-from attacks._references import eval_split, fit_references, probs, summarize, view_logits
-from attacks.loss_threshold import balanced_eval_sets
-from bench.api import Attack, AttackResult
-from bench.errors import BenchError
-from bench.registry import register_attack
+from bench.api import Attack, AttackResult, BenchError, register_attack
+from bench.lib.membership.references import (
+    balanced_eval_sets,
+    eval_split,
+    fit_references,
+    probs,
+    summarize,
+    view_logits,
+)
 
 
 @dataclass

@@ -1,169 +1,22 @@
-"""What a method implements, and what it gets from the runner.
+"""The public API a method is written against: everything a defense, an attack or a dataset plugin
+imports from the harness. Methods import this module and the science library (``bench.lib``),
+never the harness internals, never each other (the contract in ``.importlinter``)."""
 
-Defense
-    ``fit(ctx) -> Release``: train on ``ctx.task.members`` (or, for data-free methods, on
-    nothing private at all), select on ``ctx.task.val``, and release the model(s) together
-    with a :class:`PrivacyReport`. The target budget is ``ctx.epsilon`` / ``ctx.delta``.
+from bench.core.api import (
+    ATTACK_KINDS,
+    PRIVACY_UNITS,
+    Attack,
+    AttackResult,
+    Context,
+    Defense,
+    PrivacyReport,
+    Release,
+)
+from bench.core.config import EmptyConfig, make_config
+from bench.core.errors import BenchError, suggest
+from bench.core.registry import register_attack, register_dataset, register_defense
 
-Attack
-    ``run(ctx, release) -> AttackResult``: attack a released model. ``kind`` says which
-    release it needs: ``"membership"`` attacks get the classification-protocol release,
-    ``"inversion"`` attacks get the inversion-protocol release.
-
-A method never caches, stores or parallelises anything itself: it asks the context, and the
-runner decides (content-addressed cache, SQLite store, executors).
-"""
-
-from __future__ import annotations
-
-import math
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, Optional, Protocol
-
-import numpy as np
-import torch
-from torch import nn
-
-from .config import EmptyConfig
-from .tasks import Task
-
-#: ``example`` / ``label`` / ``query``: (epsilon, delta)-DP for that neighbouring relation;
-#: ``metric``: metric (d_X) privacy, **not** DP (epsilon is per unit of the metric named in
-#: ``extra["metric"]``, never comparable with a DP epsilon); ``none``: no guarantee
-PRIVACY_UNITS = ("example", "label", "query", "metric", "none")
-
-
-@dataclass
-class PrivacyReport:
-    """The privacy claim of a release, always with its delta, accountant and unit.
-
-    ``epsilon`` is math.inf for non-private methods (unit ``none``). ``extra`` holds further
-    figures, e.g. the example-level epsilon of a method whose own unit is per query. Unit
-    ``metric`` is metric privacy, not DP: its ``extra`` names the metric (``"metric"``) and its
-    scale (``"metric_scale"``), and it must never be compared with or ranked against DP claims.
-    """
-
-    epsilon: float
-    delta: float
-    unit: str
-    accountant: str
-    mechanism: str = ""
-    extra: dict = field(default_factory=dict)
-
-    def __post_init__(self):
-        if self.unit not in PRIVACY_UNITS:
-            raise ValueError(f"privacy unit must be one of {PRIVACY_UNITS}, got {self.unit!r}")
-
-    @classmethod
-    def non_private(cls) -> PrivacyReport:
-        return cls(math.inf, 0.0, "none", "none", "none")
-
-    def to_dict(self) -> dict:
-        return {"epsilon": None if math.isinf(self.epsilon) else self.epsilon, "delta": self.delta,
-                "unit": self.unit, "accountant": self.accountant, "mechanism": self.mechanism,
-                "extra": self.extra}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> PrivacyReport:
-        eps = math.inf if d.get("epsilon") is None else float(d["epsilon"])
-        return cls(eps, float(d["delta"]), d["unit"], d["accountant"], d.get("mechanism", ""), d.get("extra", {}))
-
-
-@dataclass
-class Release:
-    """What a defense publishes: named modules (``model`` is the classifier every attack
-    targets; ``generator`` etc. are optional), their architecture specs (to rebuild them from
-    the cache), the privacy claim, and JSON-able training info (curves, selected epoch...)."""
-
-    modules: dict[str, nn.Module]
-    archs: dict[str, dict]
-    privacy: PrivacyReport
-    info: dict = field(default_factory=dict)
-
-    @property
-    def model(self) -> nn.Module:
-        return self.modules["model"]
-
-    def to(self, device) -> Release:
-        for m in self.modules.values():
-            m.to(device)
-        return self
-
-
-@dataclass
-class AttackResult:
-    """Scores with membership labels (membership attacks), metrics, and artifacts.
-
-    ``arrays`` are kept with the result (e.g. ``scores``, ``labels`` for ROC curves; ``images``
-    for inversion grids) and cached as .npz; ``metrics`` are floats stored in the run store.
-    """
-
-    metrics: dict[str, float]
-    arrays: dict[str, np.ndarray] = field(default_factory=dict)
-    info: dict = field(default_factory=dict)
-
-
-class Context(Protocol):
-    """The runner's side of a cell, as seen by a method."""
-
-    task: Task
-    epsilon: float
-    delta: float
-    seed: int
-    device: torch.device
-    dataset_config: dict
-    #: the defense (name and resolved config) of the cell: attacks train reference/shadow models
-    #: "with the same defense, config and epsilon as the target" through these
-    defense: str
-    defense_config: dict
-
-    def fit_defense(self, name: str, config: Optional[dict] = None, *, task: Optional[Task] = None,
-                    epsilon: Optional[float] = None, seed: Optional[int] = None) -> Release:
-        """A (cached) release of another defense, e.g. the non-private teacher of ``none``."""
-
-    def fit_many(self, requests: list[dict]) -> list[Release]:
-        """Fit several (cached) releases, in parallel when the run has ``--jobs`` to spare. Each
-        request: ``{"defense", "config", "member_rows", "tag"}`` and optionally ``"epsilon"``,
-        ``"seed"``; ``member_rows`` are dataset rows from ``task.candidate_pool()``."""
-
-    def artifact(self, kind: str, key: dict, build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        """A (cached, shared) artifact: ``build`` returns a dict of tensors/arrays/JSON values,
-        built once per ``(kind, key)`` across cells, processes and runs."""
-
-    def progress(self, iterable, **kwargs): ...
-
-    def log(self, message: str) -> None: ...
-
-
-class Defense:
-    """Base class of defenses. Set ``Config`` (a dataclass) and ``privacy_unit``."""
-
-    name: ClassVar[str] = ""
-    Config: ClassVar[type] = EmptyConfig
-    #: the neighbouring relation of the method's own guarantee: example | label | query | none, or
-    #: ``metric`` for metric privacy (not DP)
-    privacy_unit: ClassVar[str] = "none"
-    #: one-line citation of the method's paper
-    paper: ClassVar[str] = ""
-
-    def __init__(self, config):
-        self.config = config
-
-    def fit(self, ctx: Context) -> Release:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-
-class Attack:
-    """Base class of attacks. Set ``Config`` (a dataclass) and ``kind``."""
-
-    name: ClassVar[str] = ""
-    Config: ClassVar[type] = EmptyConfig
-    kind: ClassVar[str] = "membership"  # or "inversion"
-    paper: ClassVar[str] = ""
-
-    def __init__(self, config):
-        self.config = config
-
-    def run(self, ctx: Context, release: Release) -> AttackResult:  # pragma: no cover - abstract
-        raise NotImplementedError
+__all__ = [
+    "ATTACK_KINDS", "PRIVACY_UNITS", "Attack", "AttackResult", "BenchError", "Context", "Defense", "EmptyConfig",
+    "PrivacyReport", "Release", "make_config", "register_attack", "register_dataset", "register_defense", "suggest",
+]

@@ -11,8 +11,8 @@ import os
 import sys
 from pathlib import Path
 
-from . import registry
-from .errors import BenchError
+from bench.core import registry
+from bench.core.errors import BenchError, quiet_known_warnings
 
 
 class _Parser(argparse.ArgumentParser):
@@ -27,7 +27,7 @@ def _cmd_list(args) -> int:
         if what == "all":
             print(f"{kind}:")
         if kind == "suites":
-            from .suite import load_suite_file, suite_names
+            from bench.harness.suite import load_suite_file, suite_names
 
             for name in suite_names():
                 _, data = load_suite_file(name)
@@ -48,8 +48,8 @@ def _cmd_list(args) -> int:
 
 
 def _cmd_run(args) -> int:
-    from .runner import run_suite
-    from .suite import load_suite
+    from bench.harness.runner import run_suite
+    from bench.harness.suite import load_suite
 
     if args.jobs < 1:
         raise BenchError(f"--jobs must be >= 1, got {args.jobs}")
@@ -143,18 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _quiet_known_warnings() -> None:
-    """Library warnings that are expected in a benchmark and would drown the per-cell lines."""
-    import warnings
-
-    warnings.filterwarnings("ignore", message="Secure RNG turned off")  # documented: secure_mode off
-    warnings.filterwarnings("ignore", message="Full backward hook is firing")  # Opacus hooks on layer 1
-    warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
-
-
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    _quiet_known_warnings()
+    quiet_known_warnings()
     if getattr(args, "data_root", None):
         os.environ["BENCH_DATA"] = args.data_root
     try:

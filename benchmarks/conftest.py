@@ -2,8 +2,8 @@ import os
 
 import pytest
 
-from bench.errors import BenchError
-from bench.tasks import build_task
+from bench.core.errors import BenchError
+from bench.lib.tasks import build_task
 
 
 @pytest.fixture(scope="session")
@@ -20,9 +20,9 @@ def mnist_eps1_context(defense: str, prefix: str):
     (cache: ``BENCH_CACHE`` or a fresh temporary folder); skips when ``BENCH_DATA`` is not set."""
     import tempfile
 
-    from bench.cache import Cache
-    from bench.runner import CellContext, Env, get_task
-    from bench.suite import load_suite
+    from bench.core.cache import Cache
+    from bench.harness.runner import CellContext, Env, get_task
+    from bench.harness.suite import load_suite
 
     root = os.environ.get("BENCH_DATA")
     if not root:

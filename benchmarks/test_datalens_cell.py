@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import mnist_eps1_context
 
-from bench.config import make_config
+from bench.core.config import make_config
 from defenses.datalens import DataLens
 
 GOAL_SECONDS = 1200.0

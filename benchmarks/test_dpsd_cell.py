@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import mnist_eps1_context
 
-from bench.config import make_config
+from bench.core.config import make_config
 from defenses.dpsd import DPSD
 
 GOAL_SECONDS = 600.0

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from bench.models import build_model, spec_for
+from bench.lib.models import build_model, spec_for
 from defenses.dpsgd import make_private_training, train_epoch
 
 N = 16384  # a third of an MNIST epoch keeps each round short; times are scaled per example

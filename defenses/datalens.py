@@ -54,14 +54,12 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms.v2.functional import autocontrast, gaussian_blur
 
-from bench.api import Defense, PrivacyReport, Release
-from bench.errors import BenchError
-from bench.models import Classifier, _flat_dim, build_model, register_arch, spec_for
-from bench.registry import register_defense
-from bench.tasks import Split
-from bench.train import seed_everything
-
-from . import _synthetic as S
+from bench.api import BenchError, Defense, PrivacyReport, Release, register_defense
+from bench.lib import synthetic as S
+from bench.lib.models import Classifier, _flat_dim, build_model, register_arch, spec_for
+from bench.lib.synthetic import adam, partition, row_universe, shard_capacity
+from bench.lib.tasks import Split
+from bench.lib.train import seed_everything
 
 #: the README settings of AI-secure/DataLens: dataset -> epsilon -> (topk, sigma, thresh beta, z_dim)
 PAPER_SETTINGS = {
@@ -191,18 +189,6 @@ class DataLensStudent(Classifier):
 # the teacher ensemble (stacked parameters, batched matmuls)
 
 
-def _adam(params, lr: float, beta1: float, weight_decay: float = 0.0):
-    """Adam (beta2 0.999, eps 1e-8 as TF's; decoupled weight decay when ``weight_decay`` > 0),
-    the fused CPU kernel when this torch has it (same update, several times faster on the stacked
-    teacher tensors)."""
-    cls = torch.optim.AdamW if weight_decay > 0 else torch.optim.Adam
-    kw = dict(lr=lr, betas=(beta1, 0.999), eps=1e-8, weight_decay=weight_decay)
-    try:
-        return cls(params, fused=True, **kw)
-    except (RuntimeError, TypeError):
-        return cls(params, **kw)
-
-
 class TeacherEnsemble:
     """N conditional MLP discriminators, stored as stacked tensors (leading dimension N):
     D_i(x, y) = w2_i . lrelu(BN_i(W1_i x + U1_i[y] + b1_i)) + u2_i[y] + b2_i, i.e. the one-hot label
@@ -236,7 +222,7 @@ class TeacherEnsemble:
         self.projection = projection
         if batch_norm:
             self.params += [self.gamma, self.beta]
-        self.opt = _adam(self.params, lr, beta1, weight_decay)
+        self.opt = adam(self.params, lr, beta1, weight_decay)
 
     @staticmethod
     def _p(t: torch.Tensor, sl: slice) -> torch.Tensor:
@@ -339,7 +325,7 @@ class LinearTeacherEnsemble:
         self.V = (torch.randn(n, dim, num_classes * self.R, generator=generator) * 0.02).to(device).requires_grad_(True)
         self.c = torch.zeros(n, 1, num_classes * self.R, device=device, requires_grad=True)
         self.params = [self.V, self.c]
-        self.opt = _adam(self.params, lr, beta1, weight_decay)
+        self.opt = adam(self.params, lr, beta1, weight_decay)
 
     def logits(self, x: torch.Tensor, y: torch.Tensor, mask=None, sl=slice(None)) -> torch.Tensor:
         V = self.V if sl == slice(None) else self.V[sl]
@@ -425,47 +411,6 @@ def query_noise_multiplier(sigma: float, k: int) -> float:
 
 # ---------------------------------------------------------------------------------------------
 # partition
-
-
-def partition(rows: np.ndarray, labels: np.ndarray, n_teachers: int, how: str, seed: int,
-              universe: Optional[int] = None) -> list[np.ndarray]:
-    """Positions (into ``rows``) of each teacher's disjoint shard.
-
-    ``record``: a seeded random permutation of the public row range ``[0, universe)`` of the
-    dataset (its training split) is cut into ``teachers`` equal slot ranges; a member belongs to
-    the teacher owning its own row. The assignment is a function of the member alone, so adding
-    or removing one member changes exactly one shard (the add/remove relation of the privacy
-    proof); shards hold up to ceil(universe / teachers) members.
-    ``balanced``: DataLens' ``--shuffle`` (class-balanced round robin over a seeded shuffle, equal
-    shards), without the original's re-use of images when a class runs out. Its assignment
-    depends on the other members' labels, so the one-record-one-teacher argument holds only for
-    a fixed assignment (documented)."""
-    n = len(rows)
-    if n < n_teachers:
-        raise BenchError(f"datalens: {n} members cannot fill {n_teachers} teachers")
-    if how == "record":
-        universe = int(rows.max()) + 1 if universe is None else int(universe)
-        rng = np.random.default_rng([seed, 911])
-        rank = np.empty(universe, dtype=np.int64)
-        rank[rng.permutation(universe)] = np.arange(universe)
-        owner = rank[rows] * n_teachers // universe
-        order = np.argsort(owner, kind="stable")
-        cuts = np.searchsorted(owner[order], np.arange(1, n_teachers))
-        return [np.sort(s) for s in np.split(order, cuts)]
-    if how == "balanced":
-        rng = np.random.default_rng([seed, 912])
-        per_class = [rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)]
-        inter = []
-        pos = [0] * len(per_class)
-        while len(inter) < n:
-            for c, lst in enumerate(per_class):
-                if pos[c] < len(lst):
-                    inter.append(lst[pos[c]])
-                    pos[c] += 1
-        inter = np.asarray(inter)
-        size = n // n_teachers
-        return [np.sort(inter[i * size:(i + 1) * size]) for i in range(n_teachers)]
-    raise BenchError(f"datalens: unknown partition {how!r}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -669,27 +614,6 @@ def train_generator(members: Split, num_classes: int, c: DataLensConfig, *, epsi
             "noise_multiplier": z_mult, "epsilon": spent, "history": hist, "shard_capacity": M}
 
 
-def shard_capacity(universe: int, n_teachers: int) -> int:
-    """The public slot capacity of a shard: ceil(universe / teachers), the most members a
-    ``record`` shard can hold (each teacher owns floor or ceil of universe / teachers slots of the
-    row range); a ``balanced`` shard holds n // teachers <= this. Defenses pad their shards to it
-    so that no step count, tensor shape or random draw depends on the realised shard sizes."""
-    return max(1, math.ceil(int(universe) / int(n_teachers)))
-
-
-def row_universe(task) -> int:
-    """The public row range of the task's training pool (members, validation and non-member rows
-    are all drawn from it): the dataset's training-split size, recorded by ``bench.tasks`` as
-    ``task.info["train_split_size"]``. (Taking the largest row index of the splits instead made
-    the range, and so every shard, depend on whether one member was present.) Tasks built by
-    hand without that entry fall back to the largest row index of the splits + 1."""
-    n = (task.info or {}).get("train_split_size")
-    if n:
-        return int(n)
-    return int(max(int(s.index.max()) for s in (task.members, task.val, task.nonmembers)
-                   if s.index is not None and len(s) > 0)) + 1
-
-
 @torch.no_grad()
 def generate(G: CondDCGANGenerator, n: int, seed: int, batch: int = 1000) -> Split:
     """``n`` synthetic examples with uniform labels (BatchNorm in inference mode)."""
@@ -773,7 +697,7 @@ def paper_protocol_accuracy(release: Release, task, config: Optional[dict] = Non
     paper: 600 of SGD; here the config's optimizer for at least ``epochs``) and report the maximum
     test accuracy over epochs ("paper protocol, test-selected": optimistic, not a private or fair
     selection) next to the synthetic-val-selected one."""
-    from bench.config import make_config
+    from bench.api import make_config
 
     c = make_config(DataLensConfig, config or {}, "defenses.datalens")
     c.student_epochs = max(c.student_epochs, int(epochs))

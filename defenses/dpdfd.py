@@ -32,13 +32,9 @@ from typing import Literal, Optional
 
 import torch
 
-from bench.api import Defense, PrivacyReport, Release
-from bench.errors import BenchError
-from bench.models import build_model, spec_for
-from bench.registry import register_defense
-
-from . import _distill as D
-from .dpsd import sensitivity_factor
+from bench.api import BenchError, Defense, PrivacyReport, Release, register_defense
+from bench.lib import distill as D
+from bench.lib.models import build_model, spec_for
 
 
 @dataclass
@@ -115,7 +111,7 @@ class DPDFD(Defense):
         noise_rng = torch.Generator().manual_seed(ctx.seed * 1000 + 29)
         canaries = D.make_canaries(c.own_unit_canaries, task.image_shape, c.iterations, ctx.seed, "dpdfd")
         plan = D.plan_gaussian(ctx.epsilon, ctx.delta, iterations=c.iterations, batch_size=c.batch_size,
-                               sens=sensitivity_factor(c.neighbouring), query_composition=c.query_composition,
+                               sens=D.sensitivity_factor(c.neighbouring), query_composition=c.query_composition,
                                accountant=c.accountant, noise_multiplier=c.noise_multiplier,
                                noise_scale=c.noise_scale)
         annotate = D.GaussianAnnotator(plan.applied, c.norm_bound, c.stability, None, c.target_step, "kl",

@@ -34,12 +34,9 @@ from typing import Literal, Optional
 
 import torch
 
-from bench.api import Defense, PrivacyReport, Release
-from bench.errors import BenchError
-from bench.models import build_model, spec_for
-from bench.registry import register_defense
-
-from . import _distill as D
+from bench.api import BenchError, Defense, PrivacyReport, Release, register_defense
+from bench.lib import distill as D
+from bench.lib.models import build_model, spec_for
 
 
 @dataclass
@@ -127,11 +124,6 @@ class DPSDConfig:
             raise BenchError("dpsd: rr_prior_warmup must be >= 0")
 
 
-def sensitivity_factor(neighbouring: str) -> float:
-    """L2 sensitivity of one normalized answer, in units of C."""
-    return 2.0 if neighbouring == "replace" else 1.0
-
-
 @register_defense("dpsd")
 class DPSD(Defense):
     """Data-free DP transcription teacher -> student via a generator (data or label noise)."""
@@ -163,7 +155,7 @@ class DPSD(Defense):
         canaries = D.make_canaries(c.own_unit_canaries, task.image_shape, c.iterations, ctx.seed, "dpsd")
         if c.mode == "data":
             plan = D.plan_gaussian(ctx.epsilon, ctx.delta, iterations=c.iterations, batch_size=c.batch_size,
-                                   sens=sensitivity_factor(c.neighbouring), query_composition=c.query_composition,
+                                   sens=D.sensitivity_factor(c.neighbouring), query_composition=c.query_composition,
                                    accountant=c.accountant, noise_multiplier=c.noise_multiplier,
                                    noise_scale=c.noise_scale)
             annotate = D.GaussianAnnotator(plan.applied, c.norm_bound, c.stability, k, c.target_step, c.loss,

@@ -30,12 +30,10 @@ from typing import Literal
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from bench.api import Defense, PrivacyReport, Release
-from bench.errors import BenchError
-from bench.models import build_model, spec_for
-from bench.privacy import dpsgd_noise_multiplier
-from bench.registry import register_defense
-from bench.train import accuracy, make_optimizer, seed_everything
+from bench.api import BenchError, Defense, PrivacyReport, Release, register_defense
+from bench.lib.accounting import dpsgd_noise_multiplier
+from bench.lib.models import build_model, spec_for
+from bench.lib.train import accuracy, make_optimizer, seed_everything
 
 
 @dataclass

@@ -12,10 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from bench.api import Defense, PrivacyReport, Release
-from bench.models import build_model, spec_for
-from bench.registry import register_defense
-from bench.train import fit_classifier, seed_everything
+from bench.api import Defense, PrivacyReport, Release, register_defense
+from bench.lib.models import build_model, spec_for
+from bench.lib.train import fit_classifier, seed_everything
 
 
 @dataclass

@@ -46,15 +46,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.api import Defense, PrivacyReport, Release
-from bench.errors import BenchError
-from bench.models import build_model, spec_for
-from bench.registry import register_defense
-from bench.tasks import Split
-from bench.train import seed_everything
-
-from . import _synthetic as S
-from .datalens import _adam, partition, row_universe, shard_capacity
+from bench.api import BenchError, Defense, PrivacyReport, Release, register_defense
+from bench.lib import synthetic as S
+from bench.lib.models import build_model, spec_for
+from bench.lib.synthetic import adam, partition, row_universe, shard_capacity
+from bench.lib.tasks import Split
+from bench.lib.train import seed_everything
 
 
 class MLPEnsemble:
@@ -72,7 +69,7 @@ class MLPEnsemble:
         self.W1, self.b1 = unif((n, dim, hidden), dim), unif((n, 1, hidden), dim)
         self.W2, self.b2 = unif((n, hidden, num_classes), hidden), unif((n, 1, num_classes), hidden)
         self.params = [self.W1, self.b1, self.W2, self.b2]
-        self.opt = _adam(self.params, lr, 0.9)
+        self.opt = adam(self.params, lr, 0.9)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """x: (N, M, dim) per teacher, or (M, dim) shared -> (N, M, K)."""
@@ -120,7 +117,7 @@ class MLPEnsemble:
 
 def teacher_batches_per_epoch(capacity: int, batch_size: int) -> int:
     """Optimizer steps per teacher epoch: ceil(capacity / batch_size), with ``capacity`` the
-    public slot capacity of a shard (:func:`defenses.datalens.shard_capacity`), so that adding or
+    public slot capacity of a shard (:func:`bench.lib.synthetic.shard_capacity`), so that adding or
     removing a member never changes any teacher's number of steps."""
     return max(1, math.ceil(int(capacity) / int(batch_size)))
 

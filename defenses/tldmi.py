@@ -38,14 +38,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench.api import Defense, PrivacyReport, Release
-from bench.errors import BenchError
-from bench.models import Classifier, _flat_dim, build_model, register_arch, spec_for
-from bench.registry import register_defense
-from bench.tasks import Split
-from bench.train import fit_classifier, seed_everything
-
-from . import _synthetic as S
+from bench.api import BenchError, Defense, PrivacyReport, Release, register_defense
+from bench.lib import synthetic as S
+from bench.lib.models import Classifier, _flat_dim, build_model, register_arch, spec_for
+from bench.lib.tasks import Split
+from bench.lib.train import fit_classifier, seed_everything
 
 #: bump when the pre-training procedure changes (part of the shared artifact's key)
 PRETRAIN_VERSION = 1
@@ -148,7 +145,7 @@ def public_data(ctx, c: TLDMIConfig) -> tuple[Split, dict]:
         src = f"{task.dataset}: the inversion protocol's public classes (overlap the classification members)"
         overlaps = True
     else:
-        from bench.tasks import build_task
+        from bench.lib.tasks import build_task
 
         root = getattr(getattr(ctx, "env", None), "data_root", None)
         size = task.image_shape[-1]

@@ -37,14 +37,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.api import Defense, PrivacyReport, Release
-from bench.errors import BenchError
-from bench.models import build_model, register_arch, spec_for
-from bench.registry import register_defense
-from bench.tasks import Split
-from bench.train import seed_everything
-
-from . import _synthetic as S
+from bench.api import BenchError, Defense, PrivacyReport, Release, register_defense
+from bench.lib import synthetic as S
+from bench.lib.models import build_model, register_arch, spec_for
+from bench.lib.tasks import Split
+from bench.lib.train import seed_everything
 
 
 @register_arch("vae-decoder")

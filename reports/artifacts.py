@@ -15,7 +15,7 @@ from typing import Optional
 
 import numpy as np
 
-from bench.cache import CorruptEntry, load_arrays
+from bench.core.cache import CorruptEntry, load_arrays
 
 
 def cached_arrays(entry: str | Path, *required: str) -> Optional[dict[str, np.ndarray]]:

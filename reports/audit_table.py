@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .artifacts import cached_arrays
+from reports.artifacts import cached_arrays
 
 #: sources that are not attacks
 _NOT_AUDITS = ("utility", "privacy", "inversion-target")
@@ -62,7 +62,7 @@ def example_level_claims(run_dir) -> dict[tuple, float]:
     """{(dataset, defense, epsilon label): example-level epsilon} for releases whose own unit is
     not ``example`` but that record one (``privacy.extra["epsilon_example_level"]``; largest over
     seeds)."""
-    from .tables import open_run
+    from reports.tables import open_run
 
     store = open_run(run_dir)
     try:
@@ -83,7 +83,7 @@ def example_level_claims(run_dir) -> dict[tuple, float]:
 def _attack_artifacts(run_dir, metric: str) -> dict[tuple, list]:
     """{(dataset, defense, epsilon label): [the cached attack results of done cells whose attack
     reported ``metric``]}, each with its cell's seed, delta, privacy, config and artifact path."""
-    from .tables import open_run
+    from reports.tables import open_run
 
     store = open_run(run_dir)
     try:
@@ -106,8 +106,7 @@ def familywise_bounds(run_dir, alpha: float = 0.05) -> dict[tuple, float]:
     ``alpha / K``} where K = the row's number of bounds (every attack that reported ``eps_lb``, every
     seed), from the scores and labels cached with each attack result (float64 since the
     statistics fixes; older caches hold float32 copies). Rows with a missing array are left out."""
-    from attacks.one_run_audit import OneRunAuditConfig
-    from bench.audit import eps_lower_bound, one_run_eps_lower_bound
+    from bench.lib.audit.bounds import ONE_RUN_GRID_SIZE, eps_lower_bound, one_run_eps_lower_bound
 
     groups = _attack_artifacts(run_dir, "eps_lb")
     out: dict[tuple, float] = {}
@@ -126,7 +125,7 @@ def familywise_bounds(run_dir, alpha: float = 0.05) -> dict[tuple, float]:
             aname = r["name"].split(":", 1)[1]
             acfg = (json.loads(r["config"]).get("attacks") or {}).get(aname) or {}
             if acfg.get("method", aname) == "one-run-audit":
-                grid = int(acfg.get("grid_size", OneRunAuditConfig.grid_size))
+                grid = int(acfg.get("grid_size", ONE_RUN_GRID_SIZE))
                 e = one_run_eps_lower_bound(scores, labels, alpha=a, delta=delta, grid_size=grid,
                                             seed=int(r["seed"])).eps_lb
             else:
@@ -147,7 +146,7 @@ def familywise_own_unit(run_dir, alpha: float = 0.05) -> dict[tuple, float]:
     """{(dataset, defense, epsilon label): the largest own-unit bound of the row recomputed at
     ``alpha / K``}, K = the row's own-unit bounds (release and student, every seed), from the
     cached canary scores. Rows with a missing array are left out."""
-    from bench.audit import one_run_eps_lower_bound
+    from bench.lib.audit.bounds import one_run_eps_lower_bound
 
     groups = _attack_artifacts(run_dir, "eps_lb_own_unit")
     out: dict[tuple, float] = {}

@@ -30,9 +30,8 @@ import json
 import math
 from pathlib import Path
 
-from bench.errors import BenchError
-
-from .tables import load_frame, open_run
+from bench.core.errors import BenchError
+from reports.tables import load_frame, open_run
 
 #: (source, metric) -> higher_is_worse; sources are matched for every attack of that kind
 GATED_UTILITY = {"test_acc": False}
@@ -194,7 +193,7 @@ def check_audit(run_dir, unaudited: str = "fail") -> tuple[bool, list[str]]:
     (family-wise over the row's bounds where the cached scores allow it,
     :func:`reports.audit_table.flagged_lines`), and one per row that claims a DP epsilon but has
     no audited epsilon (``unaudited="warn"``: a ``WARN AUDIT`` line, the check still passes)."""
-    from .audit_table import (
+    from reports.audit_table import (
         audit_table,
         example_level_claims,
         familywise_bounds,

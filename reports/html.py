@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.store import Store
+from bench.core.store import Store
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:1.5em auto;max-width:1400px;
@@ -168,7 +168,7 @@ def audit_section(run_dir: str | Path, frame: pd.DataFrame) -> tuple[str, list[s
     """The claimed-vs-audited ε table of ``reports/audit_table.py`` (with its warning when an
     audited ε exceeds a claim), or a clear "not available" note when that module is missing."""
     try:
-        from . import audit_table as mod
+        from reports import audit_table as mod
     except ImportError:
         return "<p><em>Claimed-vs-audited ε table not available: reports/audit_table.py is not installed.</em></p>", []
     table = mod.audit_table(frame, mod.example_level_claims(run_dir), mod.familywise_bounds(run_dir),

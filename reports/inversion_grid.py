@@ -21,9 +21,8 @@ from typing import Optional
 
 import numpy as np
 
-from bench.store import Store
-
-from .artifacts import cached_arrays
+from bench.core.store import Store
+from reports.artifacts import cached_arrays
 
 
 def _figure(rows: int, cols: int, cell: float = 1.1):

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .tables import _defense_order
+from reports.tables import _defense_order
 
 #: which metric of an attack is plotted against ε: (metric, y label, chance level, scale, y range).
 #: The y range is kept (widened only to show every point), so a small spread of, say, AUC 0.50-0.56
@@ -215,9 +215,8 @@ def cell_mosaic(images: np.ndarray, path: str | Path, *, eval_pred=None, max_row
 def write_cell_mosaics(run_dir: str | Path, out_dir: str | Path, *, max_rows: int = 10) -> list[Path]:
     """One mosaic per finished cell and inversion attack of ``run_dir`` (the arrays the attack
     cached: ``images``, ``eval_pred``), named like reports/inversion_grid.py's per-cell grids."""
-    from bench.store import Store
-
-    from .inversion_grid import _load_arrays, _safe
+    from bench.core.store import Store
+    from reports.inversion_grid import _load_arrays, _safe
 
     store = Store(run_dir, create=False)
     try:
@@ -244,7 +243,7 @@ def write_cell_mosaics(run_dir: str | Path, out_dir: str | Path, *, max_rows: in
 # ------------------------------------------------------------------------------------------------
 
 def _roc_chunk(jobs: list) -> list[Path]:
-    from .roc import plot_roc
+    from reports.roc import plot_roc
 
     return [plot_roc(curves, path, title=title) for curves, path, title in jobs]
 
@@ -259,8 +258,8 @@ def render_figures(run_dir: str | Path, out: str | Path, df: pd.DataFrame, *, wo
     while this process draws the rest; the output is the same either way."""
     from concurrent.futures import ProcessPoolExecutor
 
-    from .inversion_grid import write_grids
-    from .roc import load_run_curves
+    from reports.inversion_grid import write_grids
+    from reports.roc import load_run_curves
 
     out = Path(out)
     inv_run = inversion_run or run_dir  # the inversion grids' store (write_report's inversion_from)

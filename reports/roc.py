@@ -90,8 +90,8 @@ def plot_roc(curves, path, *, title: str | None = None, dpi: int = 120) -> Path:
 def load_run_curves(run_dir) -> dict[str, dict]:
     """Per finished cell: {"title": ..., "curves": {attack: (scores, labels)}} from the run's
     store and the cached attack arrays."""
-    from .artifacts import cached_arrays
-    from .tables import open_run
+    from reports.artifacts import cached_arrays
+    from reports.tables import open_run
 
     store = open_run(run_dir)
     try:

@@ -19,7 +19,7 @@ import math
 
 import pandas as pd
 
-from .tables import Table, _defense_order, _eps_num, _eps_text, _mean_std, metric_label, open_run
+from reports.tables import Table, _defense_order, _eps_num, _eps_text, _mean_std, metric_label, open_run
 
 MIA = ("lira", "rmia", "loss-threshold")
 OWN_UNIT = ("eps_lb_own_unit", "eps_lb_own_unit_student")

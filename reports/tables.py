@@ -31,8 +31,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from bench.errors import BenchError
-from bench.store import Store
+from bench.core.errors import BenchError
+from bench.core.store import Store
 
 #: labels of the metrics every table shares; a column of an attack's metric is ``"<attack>: <label>"``
 #: (e.g. ``loss-threshold: TPR@1%FPR (%)``), the model's own metrics stand alone (``test acc (%)``)
@@ -348,7 +348,7 @@ def accuracy_table(df: pd.DataFrame, published: str | Path | None = None) -> Tab
 def official_test_split(dataset: str) -> bool | None:
     """Whether ``dataset`` ships an official test split (its class's ``official_test_split``);
     None for a dataset that is not registered."""
-    from bench import registry
+    from bench.core import registry
 
     try:
         cls = registry.get_dataset(dataset)
@@ -442,7 +442,7 @@ def _os_error(out: Path, e: OSError) -> str:
 
 def _inversion_sources(run_dir) -> set[str]:
     """The attack names (suite aliases) of ``run_dir``'s cells whose attack is of kind inversion."""
-    from bench import registry
+    from bench.core import registry
 
     store = open_run(run_dir)
     try:
@@ -514,7 +514,7 @@ def _write_report(run_dir: str | Path, out: Path, df: pd.DataFrame, inversion_fr
                   "with its privacy unit.\n\n" + disp.to_markdown(index=False) + "\n")
     paths.append(md)
     # claimed vs audited eps (audit.md/csv); a loud warning line in summary.md when a row is flagged
-    from .audit_table import write_audit_report
+    from reports.audit_table import write_audit_report
 
     paths += write_audit_report(run_dir, df, out, summary_md=md)
     csv = out / "summary.csv"
@@ -524,7 +524,7 @@ def _write_report(run_dir: str | Path, out: Path, df: pd.DataFrame, inversion_fr
     tex.write_text(latex(disp, caption="Every metric, mean ± std over seeds"))
     paths.append(tex)
     # paper-style tables, each as .md/.tex/.csv; none for an attack kind that did not run
-    from .study import study_table
+    from reports.study import study_table
 
     tables = paper_tables(df) + [study_table(df, run_dir)]
     for t in tables:
@@ -532,8 +532,8 @@ def _write_report(run_dir: str | Path, out: Path, df: pd.DataFrame, inversion_fr
     for name in set(_OPTIONAL_TABLES) - {t.name for t in tables}:  # left over from an earlier report
         for ext in ("md", "tex", "csv"):
             (out / f"{name}.{ext}").unlink(missing_ok=True)
-    from .html import write_html
-    from .plots import render_figures
+    from reports.html import write_html
+    from reports.plots import render_figures
 
     # curves, ROC per cell, combined inversion grids (captions) and per-cell mosaics
     figs = render_figures(run_dir, out, df, inversion_run=inversion_from)

@@ -228,8 +228,8 @@ def finished_run(tmp_path_factory):
     """The tiny suite run once, uninterrupted, in-process: {"out", "cache", "suite", "result"}.
 
     Read-only for tests: copy ``out`` before changing it."""
-    from bench.runner import run_suite
-    from bench.suite import load_suite
+    from bench.harness.runner import run_suite
+    from bench.harness.suite import load_suite
 
     base = tmp_path_factory.mktemp("finished")
     suite_path = write_suite(base / "tiny.yaml")

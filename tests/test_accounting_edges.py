@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from bench.api import PRIVACY_UNITS, PrivacyReport
-from bench.cache import Cache
-from bench.config import make_config
-from bench.runner import CellContext, Env
-from bench.tasks import build_task
+from bench.core.api import PRIVACY_UNITS, PrivacyReport
+from bench.core.cache import Cache
+from bench.core.config import make_config
+from bench.harness.runner import CellContext, Env
+from bench.lib.tasks import build_task
 from defenses import datalens as DL
 from defenses import pate as P
 from defenses import vae_metric as VM

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from bench.audit import (
+from bench.lib.audit.bounds import (
     clopper_pearson,
     cp_lower,
     cp_upper,
@@ -20,8 +20,14 @@ from bench.audit import (
     one_run_p_value,
     rank_grid,
 )
-from bench.metrics import membership_metrics
-from bench.mia_stats import CI_METRICS, bootstrap_ci, membership_summary, roc_metrics, roc_metrics_from_counts
+from bench.lib.membership.metrics import membership_metrics
+from bench.lib.membership.stats import (
+    CI_METRICS,
+    bootstrap_ci,
+    membership_summary,
+    roc_metrics,
+    roc_metrics_from_counts,
+)
 
 # ------------------------------------------------------------------ Clopper–Pearson
 
@@ -222,7 +228,7 @@ def test_membership_summary_keys():
 
 def _synthetic_run(run_dir, rows):
     """A run store with one done cell per ``(defense, seed, privacy, metrics)`` row."""
-    from bench.store import Store
+    from bench.core.store import Store
 
     store = Store(run_dir)
     for i, (defense, seed, privacy, metrics) in enumerate(rows):

@@ -15,10 +15,10 @@ import pytest
 import torch
 import yaml
 
-from bench.api import Attack, AttackResult
-from bench.errors import BenchError
-from bench.registry import register_attack
-from defenses import _synthetic as S
+from bench.core.api import Attack, AttackResult
+from bench.core.errors import BenchError
+from bench.core.registry import register_attack
+from bench.lib import synthetic as S
 from defenses import datalens as DL
 from defenses import pate as P
 from defenses import tldmi as TL
@@ -263,8 +263,8 @@ def test_record_partition_one_member_one_shard():
 
 
 def test_freezing_keeps_parameters_and_batchnorm_statistics():
-    from bench.tasks import Split
-    from bench.train import fit_classifier
+    from bench.lib.tasks import Split
+    from bench.lib.train import fit_classifier
 
     torch.manual_seed(0)
     model = TL.TLCNN(1, 8, 4, width=4, hidden=8)
@@ -387,9 +387,8 @@ TINY = {
 
 
 def test_every_baseline_end_to_end_through_the_runner(tmp_path):
-    from bench.runner import run_suite
-    from bench.store import Store  # noqa: F401  (imported for its side-effect-free API check)
-    from bench.suite import parse_suite
+    from bench.harness.runner import run_suite
+    from bench.harness.suite import parse_suite
 
     data = {"name": "baselines-tiny", "datasets": {"digits": {"protocol": {"members": 300, "val": 100,
                                                                           "nonmembers": 300}}},

@@ -11,9 +11,9 @@ import torch
 from scipy.optimize import brentq
 from test_dpsd import FakeCtx, RecordingTeacher, TeacherNet, analytic_gaussian_delta, synthetic_task
 
-from bench.config import make_config
-from bench.models import build_model
-from defenses import _distill as D
+from bench.core.config import make_config
+from bench.lib import distill as D
+from bench.lib.models import build_model
 from defenses.dpdfd import DPDFD
 
 TINY = {"iterations": 6, "batch_size": 16, "eval_every": 3, "latent_dim": 8, "generator_width": 8,

@@ -13,11 +13,11 @@ import torch.nn.functional as F
 from scipy.optimize import brentq
 from scipy.stats import chisquare, norm
 
-from bench.api import PrivacyReport, Release
-from bench.config import make_config
-from bench.models import build_model, spec_for
-from bench.tasks import Split, Task
-from defenses import _distill as D
+from bench.core.api import PrivacyReport, Release
+from bench.core.config import make_config
+from bench.lib import distill as D
+from bench.lib.models import build_model, spec_for
+from bench.lib.tasks import Split, Task
 from defenses.dpsd import DPSD
 
 # ---------------------------------------------------------------------------------------------
@@ -467,8 +467,8 @@ def test_dkd_matches_its_definition_and_vanishes_when_student_equals_teacher():
 
 
 def test_dpsd_end_to_end_through_the_runner(tmp_path):
-    from bench.runner import run_suite
-    from bench.suite import parse_suite
+    from bench.harness.runner import run_suite
+    from bench.harness.suite import parse_suite
 
     data = {"name": "dpsd-tiny", "datasets": {"digits": {"protocol": {"members": 300, "val": 100, "nonmembers": 100}}},
             "epsilons": [1.0], "delta": 1.0e-5, "seeds": [0],

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from bench.cache import Cache
-from bench.config import make_config
-from bench.privacy import dpsgd_epsilon
-from bench.runner import CellContext, Env
-from bench.tasks import build_task
+from bench.core.cache import Cache
+from bench.core.config import make_config
+from bench.harness.runner import CellContext, Env
+from bench.lib.accounting import dpsgd_epsilon
+from bench.lib.tasks import build_task
 from defenses.dpsgd import DPSGD, DPSGDConfig
 
 

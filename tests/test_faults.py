@@ -70,13 +70,13 @@ def test_report_leaves_out_a_corrupt_cached_array_with_one_warning(cli, small_ru
 
 
 def test_inversion_grid_arrays_go_through_the_manifest_check(tmp_path, capsys):
-    from bench.cache import Cache
+    from bench.core.cache import Cache
     from reports.inversion_grid import _load_arrays
 
     cache = Cache(tmp_path / "c")
     payload = {"kind": "attack", "x": 1}
     cache.get_or_build("attack", payload, lambda: {"array.images": np.zeros((2, 1, 4, 4), np.float32)})
-    from bench.cache import digest
+    from bench.core.cache import digest
 
     entry = cache.path("attack", digest(payload))
     assert _load_arrays(entry) is not None
@@ -111,8 +111,8 @@ def test_corrupt_store_is_one_line_for_run_report_and_check(cli, small_run, tmp_
 
 
 def test_full_disk_names_the_real_error_not_the_rollback(tmp_path):
-    from bench.errors import BenchError
-    from bench.store import Store
+    from bench.core.errors import BenchError
+    from bench.core.store import Store
 
     store = Store(tmp_path / "run")
     pages = store._conn.execute("PRAGMA page_count").fetchone()[0]
@@ -131,7 +131,7 @@ def test_full_disk_during_a_run_is_one_line(tmp_path, cli):
     """A real full disk: the run directory on a 256 KiB tmpfs, filled up before the cell is recorded."""
     suite = write_suite(tmp_path / "one.yaml", ONE_CELL)
     with tmpfs(tmp_path / "small") as mnt:
-        from bench import store as store_mod
+        from bench.core import store as store_mod
 
         real = store_mod.Store.record_cell
 
@@ -197,7 +197,7 @@ def test_seeds_beyond_the_bound_are_rejected_at_parsing(cli, suite_file, seed):
 
 
 def test_largest_allowed_seed_is_accepted(cli, suite_file):
-    from bench.suite import MAX_SEED
+    from bench.harness.suite import MAX_SEED
 
     code, out, err = cli("run", "--suite", suite_file(seeds=[MAX_SEED]), "--dry-run")
     assert code == 0, err
@@ -235,8 +235,8 @@ def _patched_resources(monkeypatch, raw: Path):
 
 
 def test_truncated_gz_is_named_with_its_expected_md5(tmp_path, monkeypatch):
-    from bench.datasets.mnist import MNIST
-    from bench.errors import BenchError
+    from bench.core.errors import BenchError
+    from bench.lib.datasets.mnist import MNIST
 
     raw = write_fake_mnist(tmp_path / "data")
     md5 = _patched_resources(monkeypatch, raw)
@@ -253,8 +253,8 @@ def test_truncated_gz_is_named_with_its_expected_md5(tmp_path, monkeypatch):
 
 
 def test_truncated_extracted_file_is_named(tmp_path, monkeypatch):
-    from bench.datasets.mnist import MNIST
-    from bench.errors import BenchError
+    from bench.core.errors import BenchError
+    from bench.lib.datasets.mnist import MNIST
 
     raw = write_fake_mnist(tmp_path / "data")
     _patched_resources(monkeypatch, raw)
@@ -266,8 +266,8 @@ def test_truncated_extracted_file_is_named(tmp_path, monkeypatch):
 
 
 def test_missing_files_lists_only_the_missing_ones(tmp_path, monkeypatch):
-    from bench.datasets.mnist import MNIST
-    from bench.errors import BenchError
+    from bench.core.errors import BenchError
+    from bench.lib.datasets.mnist import MNIST
 
     raw = write_fake_mnist(tmp_path / "data")
     _patched_resources(monkeypatch, raw)
@@ -298,7 +298,7 @@ def _plant(path: Path, marker: Path) -> None:
 
 def test_planted_pickle_in_the_hub_cache_does_not_run(tmp_path, monkeypatch):
     pytest.importorskip("lpips")
-    from attacks import _inversion as inv
+    from bench.lib import inversion as inv
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     import torch
@@ -330,7 +330,7 @@ def test_real_alexnet_layout_loads_into_the_lpips_trunk(tmp_path):
     import torch
     import torchvision
 
-    from attacks._inversion import load_alexnet_trunk
+    from bench.lib.inversion import load_alexnet_trunk
 
     state = torchvision.models.alexnet(weights=None).state_dict()
     tmp = tmp_path / "w.pth"
@@ -425,7 +425,7 @@ def test_killed_driver_takes_its_workers_with_it(tmp_path):
     time.sleep(2)
     assert len(store_rows(out, "SELECT * FROM cells")) == n, "cells were still being written"
     # the next run sees that the killed one is gone
-    from bench.store import Store
+    from bench.core.store import Store
 
     s = Store(out)
     assert s.mark_dead_runs() == 1
@@ -434,8 +434,8 @@ def test_killed_driver_takes_its_workers_with_it(tmp_path):
 
 
 def test_a_crash_in_the_driver_is_not_recorded_as_done(tmp_path, monkeypatch):
-    from bench import runner
-    from bench.suite import load_suite
+    from bench.harness import runner
+    from bench.harness.suite import load_suite
 
     def boom(r):
         raise RuntimeError("boom")
@@ -485,8 +485,8 @@ def test_package_data_globs_match_files():
 
 
 def test_suite_descriptions_do_not_promise_every_attack():
-    from bench import registry
-    from bench.suite import load_suite, suite_names
+    from bench.core import registry
+    from bench.harness.suite import load_suite, suite_names
 
     everything = set(registry.names("attacks"))
     for name in suite_names():
@@ -500,8 +500,8 @@ def test_near_noiseless_budget_is_one_line_not_an_oom_kill():
     """epsilon = 1e4 over 400 Gaussian compositions: the PLD accountant would need ~1e9 points (the
     process was killed for memory after its teacher had trained); refused in one line, pointing to
     RDP, which handles it. Ordinary budgets are untouched."""
-    from bench.errors import BenchError
-    from defenses import _distill as D
+    from bench.core.errors import BenchError
+    from bench.lib import distill as D
 
     t0 = time.time()
     with pytest.raises(BenchError, match="accountant: rdp") as ei:

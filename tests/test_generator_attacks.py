@@ -13,15 +13,15 @@ import torch
 import yaml
 from torch import nn
 
-from attacks._generator import best_threshold, halves, knn_distances, sample_synthetic
 from attacks.gen_classifier import GenClassifier
 from attacks.gen_distance import GenDistance, privacy_loss_2fold
 from attacks.gen_utility import GenUtility
-from bench.api import PrivacyReport, Release
-from bench.config import make_config
-from bench.models import build_model, spec_for
-from bench.tasks import build_task
-from bench.train import fit_classifier
+from bench.core.api import PrivacyReport, Release
+from bench.core.config import make_config
+from bench.lib.generators import best_threshold, halves, knn_distances, sample_synthetic
+from bench.lib.models import build_model, spec_for
+from bench.lib.tasks import build_task
+from bench.lib.train import fit_classifier
 
 PROTOCOL = {"members": 200, "val": 100, "nonmembers": 200}
 
@@ -151,8 +151,8 @@ def test_helpers():
 
 def test_suite_end_to_end_with_dpsd(tmp_path):
     """Through the runner: DPSD releases a generator (attacked), `none` does not (skipped, done)."""
-    from bench.runner import run_suite
-    from bench.suite import load_suite
+    from bench.harness.runner import run_suite
+    from bench.harness.suite import load_suite
 
     dpsd = {"iterations": 6, "batch_size": 16, "eval_every": 3, "latent_dim": 8, "generator_width": 8,
             "noise_multiplier": 20.0, "teacher": {"arch": "mlp", "epochs": 3}}

@@ -35,7 +35,7 @@ def make_run(run_dir: Path, *, dataset: str = "mnist", seeds=(0, 1), epsilons=(1
              size: int = 16, n_scores: int = 400, failed: bool = True) -> dict:
     """Defenses none (ε=∞), dpsgd (example) and dpsd (query) x ``epsilons`` x ``seeds``; attacks
     loss-threshold (membership) and gmi (inversion). Returns the expected test accuracies."""
-    from bench.store import Store, provenance
+    from bench.core.store import Store, provenance
 
     rng = np.random.default_rng(0)
     store = Store(run_dir)

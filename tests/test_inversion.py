@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from attacks import _inversion as inv
+from bench.lib import inversion as inv
 
 # --------------------------------------------------------------------------------------------
 # metrics on hand-made inputs
@@ -85,7 +85,7 @@ def test_lpips_without_backbone_weights_is_reported_not_downloaded(monkeypatch, 
 
 
 def test_evaluator_arch_is_registered_and_differs_from_targets():
-    from bench.models import arch_names, build_model
+    from bench.lib.models import arch_names, build_model
 
     assert "eval-cnn" in arch_names()
     m = build_model({"name": "eval-cnn", "in_channels": 1, "image_size": 8, "num_classes": 10})
@@ -123,8 +123,8 @@ def test_augment_keeps_shape_range_and_gradient():
 
 
 def test_bad_gan_key_fails_at_suite_parse():
-    from bench.errors import BenchError
-    from bench.suite import parse_suite
+    from bench.core.errors import BenchError
+    from bench.harness.suite import parse_suite
 
     data = {**SUITE, "attacks": {"gmi": {"gan": {"widht": 3}}}}
     with pytest.raises(BenchError, match="widht"):
@@ -158,8 +158,8 @@ SUITE = {
 
 @pytest.fixture(scope="module")
 def inversion_run(tmp_path_factory):
-    from bench.runner import run_suite
-    from bench.suite import parse_suite
+    from bench.harness.runner import run_suite
+    from bench.harness.suite import parse_suite
 
     base = tmp_path_factory.mktemp("inversion")
     path = base / "suite.yaml"
@@ -197,7 +197,7 @@ def test_all_attacks_run_end_to_end(inversion_run):
 
 
 def test_attack_arrays_and_info(inversion_run):
-    from bench.cache import read_bundle
+    from bench.core.cache import read_bundle
 
     con = sqlite3.connect(inversion_run["out"] / "results.sqlite")
     rows = con.execute("SELECT name, path FROM artifacts WHERE name LIKE 'attack:%'").fetchall()
@@ -231,8 +231,8 @@ def test_gan_prior_built_once_and_shared(inversion_run):
 
 def test_rerun_is_fully_cached(inversion_run, tmp_path):
     """A second run of the same suite into a new store rebuilds nothing (attacks, GANs, judge)."""
-    from bench.runner import run_suite
-    from bench.suite import parse_suite
+    from bench.harness.runner import run_suite
+    from bench.harness.suite import parse_suite
 
     lines = []
     res = run_suite(parse_suite("tiny-inversion", SUITE), tmp_path / "again", cache_dir=inversion_run["cache"],
@@ -267,10 +267,10 @@ def test_judge_protocol_option_keeps_old_keys_and_reaches_task_for(tmp_path):
     for the suite's own protocol; a mapping is passed to ``task_for`` and enters the key."""
     import torch
 
-    from attacks._inversion import EvaluatorConfig, get_evaluator
-    from bench.config import make_config
-    from bench.errors import BenchError
-    from bench.tasks import build_task
+    from bench.core.config import make_config
+    from bench.core.errors import BenchError
+    from bench.lib.inversion import EvaluatorConfig, get_evaluator
+    from bench.lib.tasks import build_task
 
     task = build_task("digits", {"members": 200, "val": 100, "nonmembers": 200}, 0)
 

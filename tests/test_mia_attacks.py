@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import yaml
 
-from attacks._references import logit_scaled_confidence, reference_masks, shift_views
-from bench.runner import run_suite
-from bench.suite import load_suite
+from bench.harness.runner import run_suite
+from bench.harness.suite import load_suite
+from bench.lib.membership.references import logit_scaled_confidence, reference_masks, shift_views
 
 PROTOCOL = {"members": 200, "val": 150, "nonmembers": 200}
 # calibrated with a constant learning rate (the cosine default overfits less on 8x8 digits)
@@ -166,7 +166,7 @@ def test_roc_plots(runs, tmp_path):
 def test_lira_and_rmia_scores_on_synthetic_signals():
     from attacks.lira import lira_scores
     from attacks.rmia import pr_x, rmia_scores
-    from bench.metrics import membership_metrics
+    from bench.lib.membership.metrics import membership_metrics
 
     rng = np.random.default_rng(0)
     n, r = 400, 8

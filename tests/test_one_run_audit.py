@@ -15,11 +15,11 @@ import yaml
 from torch import nn
 
 from attacks.one_run_audit import OneRunAudit, canary_task, draw_canaries
-from bench.api import PrivacyReport, Release
-from bench.audit import one_run_max_certifiable_eps
-from bench.config import make_config
-from bench.errors import BenchError
-from bench.tasks import build_task
+from bench.core.api import PrivacyReport, Release
+from bench.core.config import make_config
+from bench.core.errors import BenchError
+from bench.lib.audit.bounds import one_run_max_certifiable_eps
+from bench.lib.tasks import build_task
 
 PROTOCOL = {"members": 200, "val": 100, "nonmembers": 200}
 
@@ -103,8 +103,8 @@ def test_data_independent_model_certifies_nothing(task):
 
 
 def test_end_to_end_through_the_runner(tmp_path):
-    from bench.runner import run_suite
-    from bench.suite import load_suite
+    from bench.harness.runner import run_suite
+    from bench.harness.suite import load_suite
 
     data = {"name": "audit", "datasets": {"digits": {"protocol": PROTOCOL}}, "epsilons": [1.0], "delta": 1e-5,
             "seeds": [0], "defenses": {

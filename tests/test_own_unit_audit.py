@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from attacks.own_unit_audit import release_scores
-from bench.audit import one_run_eps_lower_bound, one_run_max_certifiable_eps
-from bench.canaries import canary_answer, draw_query_canaries
+from bench.lib.audit.bounds import one_run_eps_lower_bound, one_run_max_certifiable_eps
+from bench.lib.audit.canaries import canary_answer, draw_query_canaries
 
 M, K = 1000, 10
 
@@ -42,7 +42,7 @@ def _gaussian_record(rng, std: float, antipodal: bool = True):
 def test_gaussian_mechanism_at_eps_1_is_never_certified_above_1():
     """sigma calibrated to eps = 1 (delta 1e-5, one composition, sensitivity 2C): the own-unit bound
     stays <= 1 in >= 95 % of seeded draws, and is informative (> 0 in most)."""
-    from defenses._distill import calibrate_gaussian
+    from bench.lib.distill import calibrate_gaussian
 
     z = calibrate_gaussian(1.0, 1e-5, 1, "pld")
     rng = np.random.default_rng(0)
@@ -89,7 +89,7 @@ def test_release_without_noise_reaches_the_ceiling(antipodal):
 
 def test_batch_mean_scaling_is_detected_on_the_toy_release():
     """The authors' scaling: std sigma C / B with B = 256: certified far above the claimed 1."""
-    from defenses._distill import calibrate_gaussian
+    from bench.lib.distill import calibrate_gaussian
 
     z = calibrate_gaussian(1.0, 1e-5, 1, "pld")
     rec, inc = _gaussian_record(np.random.default_rng(3), 2.0 * z / 256)
@@ -109,7 +109,7 @@ def test_canaries_are_seeded_and_independent_of_any_teacher():
 # ------------------------------------------------------------------ plan: the three figures
 
 def test_batch_mean_plan_claims_the_sound_epsilon_and_releases_far_more():
-    from defenses import _distill as D
+    from bench.lib import distill as D
 
     sound = D.plan_gaussian(1.0, 1e-5, iterations=400, batch_size=256, sens=2.0, query_composition="parallel",
                             accountant="pld", noise_multiplier=None, noise_scale="per-sample")
@@ -159,8 +159,8 @@ AUDIT_SUITE = {
 def audit_run(tmp_path_factory):
     from conftest import write_suite
 
-    from bench.runner import run_suite
-    from bench.suite import load_suite
+    from bench.harness.runner import run_suite
+    from bench.harness.suite import load_suite
 
     base = tmp_path_factory.mktemp("own-unit")
     path = write_suite(base / "suite.yaml", AUDIT_SUITE)

@@ -40,8 +40,8 @@ def _table(run_dir):
 
 
 def _run(suite_path, out, cache, executor):
-    from bench.runner import run_suite
-    from bench.suite import load_suite
+    from bench.harness.runner import run_suite
+    from bench.harness.suite import load_suite
 
     lines = []
     res = run_suite(load_suite(str(suite_path)), out, cache_dir=cache, echo=lines.append, progress=False,
@@ -51,7 +51,7 @@ def _run(suite_path, out, cache, executor):
 
 
 def test_smoke_suite_under_ray_gives_the_local_table(ray_session, tmp_path, monkeypatch):
-    from bench import runner
+    from bench.harness import runner
 
     calls = {"execute_cell": 0}
     real = runner.execute_cell

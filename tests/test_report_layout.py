@@ -52,7 +52,7 @@ def wide_run(run_dir: Path, *, dataset: str = "mnist", membership: bool = True, 
     """A finished run written through the Store API: none (ε=∞) and four private defenses at ε=1;
     membership attacks lira / rmia / loss-threshold with every metric the real study records,
     the canary audits, and gmi inversion metrics - each kind only when asked for. No artifacts."""
-    from bench.store import Store, provenance
+    from bench.core.store import Store, provenance
 
     store = Store(run_dir)
     store.start_run("wide", "wide", {}, ["bench", "run"], provenance("cpu"))

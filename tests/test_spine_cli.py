@@ -124,9 +124,9 @@ def test_plugin_methods_run_through_the_runner(e2e, tmp_path, suite_file, monkey
     one more subprocess would cost another torch import)."""
     from importlib.metadata import entry_points
 
-    from bench import registry
-    from bench.runner import run_suite
-    from bench.suite import load_suite
+    from bench.core import registry
+    from bench.harness.runner import run_suite
+    from bench.harness.suite import load_suite
 
     site = _plugin_site(e2e)
     monkeypatch.syspath_prepend(str(site))
@@ -176,7 +176,7 @@ def test_unknown_suite_suggests_the_closest(cli, tmp_path):
 
 
 def test_bench_list_in_process(cli):
-    from bench import registry
+    from bench.core import registry
 
     code, out, err = cli("list", "defenses")
     assert code == 0, err
@@ -192,8 +192,8 @@ def test_bench_list_in_process(cli):
 
 
 def test_registry_get_unknown_name_suggests_in_process():
-    from bench import registry
-    from bench.errors import BenchError
+    from bench.core import registry
+    from bench.core.errors import BenchError
 
     with pytest.raises(BenchError, match=r"unknown defense 'dpsgdd' \(did you mean 'dpsgd'\?\); known: .*none"):
         registry.get_defense("dpsgdd")
@@ -204,8 +204,8 @@ def test_registry_get_unknown_name_suggests_in_process():
 
 
 def test_registering_a_second_class_under_a_taken_name_is_refused():
-    from bench.api import Defense
-    from bench.registry import register_defense
+    from bench.core.api import Defense
+    from bench.core.registry import register_defense
 
     with pytest.raises(ValueError, match="registered twice"):
         @register_defense("none")
@@ -351,7 +351,7 @@ def test_report_on_directory_without_run(cli, tmp_path):
 
 
 def test_report_on_run_without_finished_cells(cli, tmp_path):
-    from bench.store import Store
+    from bench.core.store import Store
 
     Store(tmp_path / "r").close()
     code, o, e = cli("report", tmp_path / "r")
@@ -424,7 +424,7 @@ def test_dry_run_lists_cells_and_creates_nothing(cli, suite_file, tmp_path, isol
 
 
 def test_set_overrides_with_dotted_keys(cli, suite_file):
-    from bench.suite import load_suite
+    from bench.harness.suite import load_suite
 
     path = suite_file()
     s = load_suite(str(path), ["defenses.none.epochs=1", "seeds=[0,1,2]", "defenses.dpsgd.lr=1e-2",
@@ -452,7 +452,7 @@ def test_set_overrides_with_dotted_keys(cli, suite_file):
 
 
 def test_non_private_defense_gets_one_cell_whatever_the_epsilon_grid(cli, suite_file):
-    from bench.suite import load_suite
+    from bench.harness.suite import load_suite
 
     s = load_suite(str(suite_file()), ["epsilons=[0.5, 1, 2, 8]", "seeds=[0,1,2]"])
     cells = s.cells()
@@ -470,7 +470,7 @@ def test_non_private_defense_gets_one_cell_whatever_the_epsilon_grid(cli, suite_
 
 
 def test_epsilon_grid_accepts_inf_strings_and_scalars():
-    from bench.suite import _epsilon, load_suite
+    from bench.harness.suite import _epsilon, load_suite
 
     assert math.isinf(_epsilon("inf")) and math.isinf(_epsilon("∞"))
     assert _epsilon("0.5") == 0.5

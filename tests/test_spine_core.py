@@ -18,7 +18,7 @@ import pytest
 import torch
 from conftest import assert_user_error, write_fake_mnist
 
-from bench.errors import BenchError
+from bench.core.errors import BenchError
 
 # --------------------------------------------------------------------------------------------
 # config.make_config
@@ -56,7 +56,7 @@ class _Validated:
 
 
 def test_make_config_defaults_and_config_dict():
-    from bench.config import config_dict, make_config
+    from bench.core.config import config_dict, make_config
 
     cfg = make_config(_Cfg, None, "t")
     assert cfg == _Cfg()
@@ -77,7 +77,7 @@ def test_make_config_defaults_and_config_dict():
     ("fixed", [1, "2"], (1, 2)),
 ])
 def test_make_config_coerces(key, value, expected):
-    from bench.config import make_config
+    from bench.core.config import make_config
 
     got = getattr(make_config(_Cfg, {key: value}, "t"), key)
     assert got == expected
@@ -107,7 +107,7 @@ def test_make_config_coerces(key, value, expected):
     ("mapping", [1], "t.mapping: expected a mapping"),
 ])
 def test_make_config_rejects_bad_values(key, value, needle):
-    from bench.config import make_config
+    from bench.core.config import make_config
 
     with pytest.raises(BenchError) as e:
         make_config(_Cfg, {key: value}, "t")
@@ -116,7 +116,7 @@ def test_make_config_rejects_bad_values(key, value, needle):
 
 
 def test_bug_bare_list_and_dict_annotations_are_checked():
-    from bench.config import make_config
+    from bench.core.config import make_config
 
     @dataclass
     class Bare:
@@ -129,7 +129,7 @@ def test_bug_bare_list_and_dict_annotations_are_checked():
 
 
 def test_make_config_unknown_key_lists_valid_keys_and_suggests():
-    from bench.config import make_config
+    from bench.core.config import make_config
 
     with pytest.raises(BenchError) as e:
         make_config(_Cfg, {"nn": 1}, "methods.x")
@@ -137,13 +137,13 @@ def test_make_config_unknown_key_lists_valid_keys_and_suggests():
     assert msg.startswith("methods.x: unknown config key 'nn' (did you mean 'n'?); valid keys: ")
     assert msg.split("valid keys: ")[1].split(", ") == sorted(f.name for f in dataclasses.fields(_Cfg))
     with pytest.raises(BenchError, match=r"unknown config key 'q'; valid keys: \(none\)"):
-        from bench.config import EmptyConfig
+        from bench.core.config import EmptyConfig
 
         make_config(EmptyConfig, {"q": 1}, "e")
 
 
 def test_make_config_required_validate_and_non_dataclass():
-    from bench.config import make_config
+    from bench.core.config import make_config
 
     with pytest.raises(BenchError, match="r:.*must"):
         make_config(_Required, {}, "r")
@@ -156,8 +156,8 @@ def test_make_config_required_validate_and_non_dataclass():
 
 
 def test_builtin_method_configs_validate_their_defaults():
-    from bench import registry
-    from bench.config import make_config
+    from bench.core import registry
+    from bench.core.config import make_config
 
     for kind in ("defenses", "attacks"):
         for name in registry.names(kind):
@@ -170,7 +170,7 @@ def test_builtin_method_configs_validate_their_defaults():
 
 
 def test_membership_metrics_perfect_separation():
-    from bench.metrics import membership_metrics
+    from bench.lib.membership.metrics import membership_metrics
 
     labels = np.r_[np.ones(500), np.zeros(500)]
     scores = np.r_[np.linspace(1.0, 2.0, 500), np.linspace(-2.0, 0.0, 500)]
@@ -184,7 +184,7 @@ def test_membership_metrics_perfect_separation():
 
 
 def test_membership_metrics_identical_distributions():
-    from bench.metrics import membership_metrics
+    from bench.lib.membership.metrics import membership_metrics
 
     rng = np.random.default_rng(0)
     n = 20000
@@ -198,7 +198,7 @@ def test_membership_metrics_identical_distributions():
 
 
 def test_membership_metrics_ties_and_hand_computed_values():
-    from bench.metrics import membership_metrics, tpr_at_fpr
+    from bench.lib.membership.metrics import membership_metrics, tpr_at_fpr
 
     m = membership_metrics(np.zeros(10), np.r_[np.ones(5), np.zeros(5)])  # all tied: no information
     # TPR at 1 % FPR on the ROC with straight segments: a tie group split at random gives chance
@@ -220,7 +220,7 @@ def test_membership_metrics_ties_and_hand_computed_values():
     ([1, float("inf")], [1, 0], "finite"),
 ])
 def test_membership_metrics_rejects_bad_input(scores, labels, needle):
-    from bench.metrics import membership_metrics
+    from bench.lib.membership.metrics import membership_metrics
 
     with pytest.raises(ValueError, match=needle):
         membership_metrics(scores, labels)
@@ -234,7 +234,7 @@ SMALL = {"members": 300, "val": 100, "nonmembers": 200}
 
 
 def _task(seed=0, **protocol):
-    from bench.tasks import build_task
+    from bench.lib.tasks import build_task
 
     return build_task("digits", {**SMALL, **protocol}, seed)
 
@@ -253,7 +253,7 @@ def test_same_seed_same_rows_different_seed_different_rows():
 
 
 def test_splits_are_disjoint_sized_and_consistent_with_the_raw_data():
-    from bench.tasks import _load_raw
+    from bench.lib.tasks import _load_raw
 
     t = _task(3)
     raw = _load_raw("digits", os.environ["BENCH_DATA"])
@@ -273,7 +273,7 @@ def test_splits_are_disjoint_sized_and_consistent_with_the_raw_data():
 
 def test_inversion_protocol_private_and_public_classes():
     t = _task(0, kind="inversion", members=150, val=50, nonmembers=100)
-    from bench.tasks import _load_raw
+    from bench.lib.tasks import _load_raw
 
     raw = _load_raw("digits", os.environ["BENCH_DATA"])
     assert t.protocol == "inversion" and t.num_classes == 5
@@ -298,7 +298,7 @@ def test_inversion_protocol_private_and_public_classes():
 
 
 def test_inversion_protocol_default_sizes_scale_to_the_private_share():
-    from bench.tasks import _load_raw, build_task
+    from bench.lib.tasks import _load_raw, build_task
 
     raw = _load_raw("digits", os.environ["BENCH_DATA"])
     private_rows = int(np.isin(raw.train_y, [0, 1, 2, 3, 4]).sum())
@@ -319,7 +319,7 @@ def test_inversion_protocol_default_sizes_scale_to_the_private_share():
     ({"kind": "regression"}, "is not one of"),
 ])
 def test_protocol_errors_are_clear(protocol, needle):
-    from bench.tasks import build_task
+    from bench.lib.tasks import build_task
 
     with pytest.raises(BenchError, match=None) as e:
         build_task("digits", protocol, 0)
@@ -375,7 +375,7 @@ def test_task_derive():
 
 def test_fake_mnist_in_torchvision_layout(tmp_path, cli, suite_file):
     """The real torchvision loader on a tiny hand-written IDX dataset (no download, no 60k rows)."""
-    from bench.tasks import _load_raw, build_task
+    from bench.lib.tasks import _load_raw, build_task
 
     root = tmp_path / "fake-data"
     write_fake_mnist(root, n_train=400, n_test=100)
@@ -403,7 +403,7 @@ def test_fake_mnist_in_torchvision_layout(tmp_path, cli, suite_file):
 
 
 def test_bug_fingerprint_covers_the_data_itself(tmp_path):
-    from bench.tasks import build_task
+    from bench.lib.tasks import build_task
 
     write_fake_mnist(tmp_path / "a", seed=0)
     write_fake_mnist(tmp_path / "b", seed=1)  # same shapes and sizes, other pixels and labels
@@ -443,7 +443,7 @@ def _check_bundle(b):
 
 
 def test_cache_atomic_write_then_hit(tmp_path):
-    from bench.cache import Cache, digest
+    from bench.core.cache import Cache, digest
 
     cache = Cache(tmp_path / "c")
     build, logs = _Builder(), []
@@ -471,7 +471,7 @@ def test_cache_atomic_write_then_hit(tmp_path):
 
 
 def test_cache_digest_is_canonical():
-    from bench.cache import digest
+    from bench.core.cache import digest
 
     assert digest({"a": 1, "b": [1, 2]}) == digest({"b": [1, 2], "a": 1})
     assert digest({"a": np.int64(3)}) == digest({"a": 3})
@@ -498,7 +498,7 @@ def _flip(path: Path):
     pytest.param("manifest.json", "truncate"),
 ])
 def test_cache_corrupt_entry_is_detected_warned_and_rebuilt(tmp_path, victim, how):
-    from bench.cache import Cache, digest
+    from bench.core.cache import Cache, digest
 
     cache = Cache(tmp_path / "c")
     build = _Builder()
@@ -523,7 +523,7 @@ def test_cache_corrupt_entry_is_detected_warned_and_rebuilt(tmp_path, victim, ho
 
 
 def test_cache_failed_build_leaves_nothing(tmp_path):
-    from bench.cache import Cache, digest
+    from bench.core.cache import Cache, digest
 
     cache = Cache(tmp_path / "c")
     with pytest.raises(RuntimeError, match="build failed"):
@@ -541,7 +541,7 @@ def _concurrent_builder(args):
     root, counter = args
     import torch as _torch
 
-    from bench.cache import Cache
+    from bench.core.cache import Cache
 
     def build():
         with open(counter, "a") as f:
@@ -558,7 +558,7 @@ def test_cache_concurrent_builders_build_once(tmp_path):
 
     (One spawned child, not two: each child pays the torch import.) The parent asks for the key
     while the child is inside ``build``, so the two really overlap."""
-    from bench.cache import Cache
+    from bench.core.cache import Cache
 
     counter = tmp_path / "builds.txt"
     counter.touch()
@@ -591,7 +591,7 @@ def test_cache_concurrent_builders_build_once(tmp_path):
 
 
 def test_store_records_cells_atomically_and_in_wal_mode(tmp_path):
-    from bench.store import Store
+    from bench.core.store import Store
 
     s = Store(tmp_path / "run")
     assert s._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

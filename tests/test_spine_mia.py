@@ -26,8 +26,8 @@ SEEDS = [0, 1, 2]
 
 
 def _run(tmp_path, data: dict) -> dict[int, dict[str, float]]:
-    from bench.runner import run_suite
-    from bench.suite import parse_suite
+    from bench.harness.runner import run_suite
+    from bench.harness.suite import parse_suite
 
     res = run_suite(parse_suite("mia", data), tmp_path / "out", cache_dir=tmp_path / "cache",
                     echo=lambda m: None, progress=False)
@@ -82,7 +82,7 @@ def test_loss_threshold_is_near_chance_against_dpsgd_eps1(dpsgd_eps1, undefended
 
 def test_balanced_eval_sets_are_seeded_capped_and_disjoint():
     from attacks.loss_threshold import balanced_eval_sets
-    from bench.tasks import build_task
+    from bench.lib.tasks import build_task
 
     t = build_task("digits", {"members": 200, "val": 100, "nonmembers": 150}, 0)
     m1, n1 = balanced_eval_sets(t, 1000, 5)

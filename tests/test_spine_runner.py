@@ -22,8 +22,8 @@ from conftest import (
     write_suite,
 )
 
-from bench.api import Attack, Defense
-from bench.registry import register_attack, register_defense
+from bench.core.api import Attack, Defense
+from bench.core.registry import register_attack, register_defense
 
 
 @register_defense("spine-test-raises")
@@ -84,8 +84,8 @@ def test_failing_cell_is_recorded_with_traceback_others_finish_exit_1(cli, suite
 
 
 def test_failing_attack_fails_its_cell_only(suite_file, tmp_path):
-    from bench.runner import run_suite
-    from bench.suite import load_suite
+    from bench.harness.runner import run_suite
+    from bench.harness.suite import load_suite
 
     suite = load_suite(str(suite_file(seeds=[0, 1], defenses={"none": NONE_FAST},
                                       attacks={"spine-test-attack-raises": {}})))
@@ -124,8 +124,8 @@ def test_rerunning_a_finished_suite_trains_nothing(cli, finished_run, copy_run):
 
 
 def test_same_suite_in_fresh_cache_dirs_gives_identical_metrics(finished_run, tmp_path):
-    from bench.runner import run_suite
-    from bench.suite import load_suite
+    from bench.harness.runner import run_suite
+    from bench.harness.suite import load_suite
 
     # seed 0 only (2 of the 4 cells) to save time; the kill test compares all 4 cells
     res = run_suite(load_suite(str(finished_run["suite"]), ["seeds=[0]"]), tmp_path / "out",
@@ -186,8 +186,8 @@ def background_runs(tmp_path_factory):
     """
     import threading
 
-    from bench.runner import run_suite
-    from bench.suite import load_suite
+    from bench.harness.runner import run_suite
+    from bench.harness.suite import load_suite
 
     base = tmp_path_factory.mktemp("background")
     kill = {"suite": write_suite(base / "tiny.yaml"), "out": base / "kill-out", "cache": base / "kill-cache"}
@@ -292,8 +292,8 @@ def test_two_concurrent_runs_share_one_store(background_runs):
 
 def test_jobs_greater_than_cells_falls_back_to_sequential_cells(suite_file, tmp_path, monkeypatch):
     """--jobs N with fewer than N cells to run uses the jobs inside cells, not a process pool."""
-    from bench import runner
-    from bench.suite import load_suite
+    from bench.harness import runner
+    from bench.harness.suite import load_suite
 
     seen = []
     real = runner.make_executor

@@ -23,9 +23,9 @@ import pytest
 import torch
 from torch import nn
 
-from bench.audit import one_run_eps_lower_bound
-from bench.metrics import membership_metrics
-from bench.mia_stats import membership_summary, roc_metrics
+from bench.lib.audit.bounds import one_run_eps_lower_bound
+from bench.lib.membership.metrics import membership_metrics
+from bench.lib.membership.stats import membership_summary, roc_metrics
 
 N = 400  # members = non-members per draw
 
@@ -141,8 +141,8 @@ class _Fixed(nn.Module):
 def test_confident_scores_keep_their_ranking():
     """Margins of 20, 25, 30: float32 cross-entropy rounds all three to 0 (a tie); the float64
     log-odds score and the stable loss keep them apart (failed before: per_example_loss = 0)."""
-    from bench.tasks import Split
-    from bench.train import per_example_log_odds, per_example_loss
+    from bench.lib.tasks import Split
+    from bench.lib.train import per_example_log_odds, per_example_loss
 
     margins = np.array([20.0, 25.0, 30.0, 5.0])
     logits = np.zeros((4, 10), dtype=np.float32)
@@ -174,7 +174,7 @@ def test_loss_threshold_reports_an_epsilon_bound(finished_run):
 # ------------------------------------------------------------------ the gate
 
 def _store(run_dir, rows):
-    from bench.store import Store
+    from bench.core.store import Store
 
     store = Store(run_dir)
     for i, (defense, seed, privacy, metrics) in enumerate(rows):

@@ -6,10 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bench.api import Attack, AttackResult
-from bench.metrics import membership_metrics
-from bench.registry import register_attack
-from bench.train import per_example_loss
+from bench.api import Attack, AttackResult, register_attack
+from bench.lib.membership.metrics import membership_metrics
+from bench.lib.train import per_example_loss
 
 
 @dataclass

@@ -12,11 +12,10 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.api import Defense, PrivacyReport, Release
-from bench.models import build_model, spec_for
-from bench.registry import register_defense
-from bench.tasks import Split
-from bench.train import fit_classifier, seed_everything
+from bench.api import Defense, PrivacyReport, Release, register_defense
+from bench.lib.models import build_model, spec_for
+from bench.lib.tasks import Split
+from bench.lib.train import fit_classifier, seed_everything
 
 
 @dataclass

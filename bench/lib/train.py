@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .tasks import Split
+from bench.lib.tasks import Split
 
 
 def seed_everything(seed: int) -> torch.Generator:

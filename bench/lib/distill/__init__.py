@@ -35,9 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.canaries import canary_answer, draw_query_canaries
-from bench.models import Classifier, _flat_dim, register_arch
-from bench.train import accuracy
+from bench.lib.audit.canaries import canary_answer, draw_query_canaries
+from bench.lib.models import Classifier, _flat_dim, register_arch
+from bench.lib.train import accuracy
 
 # ---------------------------------------------------------------------------------------------
 # architectures
@@ -344,7 +344,7 @@ def _check_pld(noise_multiplier: float, steps: int, what: str) -> None:
     """A near-noiseless budget (epsilon = 1e4: z ~ 0.05) would need a PLD of ~1e9 points: the
     process was killed for memory after the teacher had trained. Refuse it in one line instead;
     RDP (an upper bound as well, looser) handles any z."""
-    from bench.errors import BenchError
+    from bench.core.errors import BenchError
 
     n = pld_points(noise_multiplier, steps)
     if n > PLD_MAX_POINTS:
@@ -579,7 +579,7 @@ CANARY_KEYS = {"m", "seed", "iteration"}
 def make_canaries(spec: dict, image_shape: tuple, iterations: int, cell_seed: int, name: str) -> Optional[QueryCanaries]:
     """``spec`` = the defense's ``own_unit_canaries`` config ({} = none): ``m`` canaries (>= 2),
     ``seed`` (default 0), ``iteration`` (1..iterations; default the last)."""
-    from bench.errors import BenchError
+    from bench.core.errors import BenchError
 
     if not spec:
         return None
@@ -779,3 +779,8 @@ def seeded_init(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
 
 def np_float(x) -> float:
     return float(np.asarray(x))
+
+
+def sensitivity_factor(neighbouring: str) -> float:
+    """L2 sensitivity of one normalized answer, in units of C."""
+    return 2.0 if neighbouring == "replace" else 1.0

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BenchError
-from ..registry import register_dataset
-from .base import Dataset, RawData
+from bench.core.errors import BenchError
+from bench.core.registry import register_dataset
+from bench.lib.datasets.base import Dataset, RawData
 
 
 def corrupt_file_error(ds: Dataset, cls, folder: Path) -> BenchError | None:

@@ -24,7 +24,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Optional
 
-from .errors import BenchError
+from bench.core.errors import BenchError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (

@@ -18,10 +18,10 @@ from typing import Any
 
 import yaml
 
-from . import registry
-from .config import config_dict, make_config
-from .errors import BenchError, suggest
-from .tasks import ProtocolConfig
+from bench.core import registry
+from bench.core.config import config_dict, make_config
+from bench.core.errors import BenchError, suggest
+from bench.lib.tasks import ProtocolConfig
 
 TOP_KEYS = {"name", "description", "datasets", "epsilons", "delta", "seeds", "defenses", "attacks"}
 

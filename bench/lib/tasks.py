@@ -32,10 +32,10 @@ from typing import Literal, Optional
 import numpy as np
 import torch
 
-from .config import make_config
-from .datasets.base import RawData, data_root
-from .errors import BenchError
-from .registry import get_dataset
+from bench.core.config import make_config
+from bench.core.errors import BenchError
+from bench.core.registry import get_dataset
+from bench.lib.datasets.base import RawData, data_root
 
 
 @dataclass

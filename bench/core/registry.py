@@ -13,14 +13,14 @@ import importlib
 import pkgutil
 from importlib.metadata import entry_points
 
-from .errors import BenchError, suggest
+from bench.core.errors import BenchError, suggest
 
 KINDS = ("defenses", "attacks", "datasets")
 _REGISTRY: dict[str, dict[str, type]] = {k: {} for k in KINDS}
 _LOADED = False
 _PLUGIN_ERRORS: list[str] = []
 
-_BUILTIN_PACKAGES = {"defenses": "defenses", "attacks": "attacks", "datasets": "bench.datasets"}
+_BUILTIN_PACKAGES = {"defenses": "defenses", "attacks": "attacks", "datasets": "bench.lib.datasets"}
 
 
 def _register(kind: str, name: str):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .api import AttackResult, PrivacyReport, Release
-from .models import build_model
+from bench.core.api import AttackResult, PrivacyReport, Release
+from bench.lib.models import build_model
 
 
 def release_to_bundle(rel: Release, utility: dict) -> dict:

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_curve
 
-from bench.api import AttackResult, Release
-from bench.tasks import Split
+from bench.core.api import AttackResult, Release
+from bench.lib.tasks import Split
 
 
 def generator_of(release: Release) -> Optional[torch.nn.Module]:
@@ -96,3 +96,7 @@ def best_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
     fpr, tpr, thr = roc_curve(np.asarray(labels).astype(int), np.asarray(scores, dtype=np.float64))
     i = int(np.argmax(tpr - fpr))
     return float(thr[i])
+
+
+def synthetic_seed(cell_seed: int, sample_seed: int) -> int:
+    return int(cell_seed) * 1_000_003 + 7919 * int(sample_seed) + 17

@@ -12,7 +12,7 @@ import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin
 
-from .errors import BenchError, suggest
+from bench.core.errors import BenchError, suggest
 
 
 @dataclasses.dataclass

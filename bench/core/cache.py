@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from .errors import BenchError
+from bench.core.errors import BenchError
 
 
 def canonical(obj: Any) -> Any:

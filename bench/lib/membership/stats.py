@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .audit import eps_lower_bound, one_run_eps_lower_bound
-from .metrics import membership_metrics
+from bench.lib.audit.bounds import eps_lower_bound, one_run_eps_lower_bound
+from bench.lib.membership.metrics import membership_metrics
 
 CI_METRICS = ("auc", "balanced_acc", "advantage", "tpr_at_0.1%fpr", "tpr_at_1%fpr")
 

@@ -254,6 +254,12 @@ class OneRunResult:
     n_tries: int
 
 
+#: the one-run audit's default guess grid: (k+, k-) values per side, Bonferroni over all pairs (a coarse
+#: grid keeps the correction small: the largest certifiable bound at m = 500, delta = 1e-5 is 2.98 with
+#: 4 values per side and 2.68 with 12; docs/methods/audit.md)
+ONE_RUN_GRID_SIZE = 4
+
+
 def one_run_eps_lower_bound(scores, included, *, alpha: float = 0.05, delta: float = 0.0, grid_size: int = 12,
                             m: int | None = None, seed: int = 0) -> OneRunResult:
     """One-run bound from canary ``scores`` and inclusion bits ``included`` (1 = trained on).

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..registry import register_dataset
-from .base import Dataset, RawData
+from bench.core.registry import register_dataset
+from bench.lib.datasets.base import Dataset, RawData
 
 
 @register_dataset("digits")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BenchError
+from bench.core.errors import BenchError
 
 
 def cache_root() -> Path:

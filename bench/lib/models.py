@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .errors import BenchError, suggest
+from bench.core.errors import BenchError, suggest
 
 _ARCHS: dict[str, type] = {}
 

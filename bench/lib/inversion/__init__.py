@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.config import make_config
-from bench.errors import BenchError
-from bench.models import Classifier, build_model, register_arch
+from bench.core.config import make_config
+from bench.core.errors import BenchError
+from bench.lib.models import Classifier, build_model, register_arch
 
 #: bump when the meaning of a shared artifact changes without a source change it would see
 ARTIFACT_VERSION = "inv-1"

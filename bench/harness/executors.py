@@ -23,6 +23,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
+from bench.core.errors import quiet_known_warnings
+
 
 class Executor:
     name = "base"
@@ -70,9 +72,7 @@ def _init_worker(threads: int):
     import torch
 
     torch.set_num_threads(threads)
-    from .cli import _quiet_known_warnings
-
-    _quiet_known_warnings()
+    quiet_known_warnings()
 
 
 class ProcessPoolExecutorBackend(Executor):
@@ -134,7 +134,7 @@ def _import_ray():
     try:
         import ray
     except ImportError:
-        from .errors import BenchError
+        from bench.core.errors import BenchError
 
         raise BenchError("--executor ray needs the optional dependency ray: pip install 'privacy-bench[ray]'") from None
     return ray

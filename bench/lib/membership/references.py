@@ -25,9 +25,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.api import Release
-from bench.tasks import Split
-from bench.train import predict_logits, true_class_log_odds
+from bench.core.api import Release
+from bench.lib.tasks import Split
+from bench.lib.train import predict_logits, true_class_log_odds
 
 
 def ref_seed(cell_seed: int, reference_seed: int, i: int) -> int:
@@ -214,8 +214,8 @@ def summarize(ctx, release, scores: np.ndarray, labels: np.ndarray, *, n_boot: i
               started: float, extra_metrics: dict | None = None, extra_arrays: dict | None = None,
               info: dict | None = None):
     """Metrics (point estimates, bootstrap CIs, eps lower bounds, cost) and arrays of one attack."""
-    from bench.api import AttackResult
-    from bench.mia_stats import membership_summary
+    from bench.core.api import AttackResult
+    from bench.lib.membership.stats import membership_summary
 
     scores = np.asarray(scores, dtype=np.float64)
     metrics = membership_summary(scores, labels, delta=audit_delta(ctx, release), n_boot=n_boot, seed=ctx.seed)
@@ -235,3 +235,11 @@ def summarize(ctx, release, scores: np.ndarray, labels: np.ndarray, *, n_boot: i
                                        "epsilon": None if np.isinf(ctx.epsilon) else ctx.epsilon,
                                        "fit_wall_seconds": refs.wall_seconds})
     return AttackResult(metrics, arrays, info)
+
+
+def balanced_eval_sets(task, n_eval: int, seed: int):
+    rng = np.random.default_rng(seed)
+    n = min(n_eval, len(task.members), len(task.nonmembers))
+    mi = np.sort(rng.choice(len(task.members), n, replace=False))
+    ni = np.sort(rng.choice(len(task.nonmembers), n, replace=False))
+    return task.members.subset(mi), task.nonmembers.subset(ni)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..registry import register_dataset
-from .base import Dataset, RawData
-from .mnist import load_torchvision
+from bench.core.registry import register_dataset
+from bench.lib.datasets.base import Dataset, RawData
+from bench.lib.datasets.mnist import load_torchvision
 
 
 @register_dataset("fashion-mnist")

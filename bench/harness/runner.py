@@ -26,27 +26,28 @@ from typing import Any, Optional
 import torch
 from tqdm.auto import tqdm
 
-from . import __version__, registry
-from .api import Context, Release
-from .cache import Cache, digest
-from .config import config_dict, make_config
-from .datasets.base import cache_root, data_root
-from .errors import BenchError
-from .executors import make_executor
-from .release_io import bundle_to_release, bundle_to_result, release_to_bundle, result_to_bundle
-from .store import Store, provenance
-from .suite import Suite
-from .tasks import Task, build_task
-from .train import accuracy, seed_everything
+from bench import __version__
+from bench.core import registry
+from bench.core.api import Context, Release
+from bench.core.cache import Cache, digest
+from bench.core.config import config_dict, make_config
+from bench.core.errors import BenchError
+from bench.core.store import Store, provenance
+from bench.harness.executors import make_executor
+from bench.harness.release_io import bundle_to_release, bundle_to_result, release_to_bundle, result_to_bundle
+from bench.harness.suite import Suite
+from bench.lib.datasets.base import cache_root, data_root
+from bench.lib.tasks import Task, build_task
+from bench.lib.train import accuracy, seed_everything
 
 _SOURCE_HASHES: dict[str, str] = {}
 _PROJECT_PACKAGES = ("bench", "attacks", "defenses", "reports")
 #: harness plumbing that cannot change a number: never part of a method's code version
-_PLUMBING = {"bench", "bench.api", "bench.registry", "bench.config", "bench.errors", "bench.cache", "bench.store",
-             "bench.runner", "bench.cli", "bench.suite", "bench.executors", "bench.release_io", "bench.__main__"}
+_PLUMBING = {"bench", "bench.core.api", "bench.core.registry", "bench.core.config", "bench.core.errors", "bench.core.cache", "bench.core.store",
+             "bench.harness.runner", "bench.cli", "bench.harness.suite", "bench.harness.executors", "bench.harness.release_io", "bench.__main__"}
 #: always part of every code version: how data is loaded and cut
-_ALWAYS = ("bench.tasks", "bench.datasets.base", "bench.datasets.mnist", "bench.datasets.fashion_mnist",
-           "bench.datasets.digits", "bench.datasets.cifar10")
+_ALWAYS = ("bench.lib.tasks", "bench.lib.datasets.base", "bench.lib.datasets.mnist", "bench.lib.datasets.fashion_mnist",
+           "bench.lib.datasets.digits", "bench.lib.datasets.cifar10")
 
 
 def _file_hash(path: str) -> str:
@@ -175,7 +176,7 @@ class CellContext(Context):
         # not on CUDA, where Ray keeps a blocked task's GPU and nested GPU tasks could deadlock.
         ray_inner = self.env.executor == "ray" and not self.env.device.startswith("cuda")
         if todo and (self.env.inner_jobs > 1 or ray_inner) and len(todo) > 1:
-            from .executors import make_executor
+            from bench.harness.executors import make_executor
 
             env = Env(**{**self.env.__dict__, "progress": False, "inner_jobs": 1})
             if ray_inner:
@@ -395,7 +396,7 @@ def run_suite(suite: Suite, out: str | Path, *, jobs: int = 1, device: str = "cp
     if address and executor != "ray":
         raise BenchError("--address is the address of a Ray cluster: use it with --executor ray")
     if executor == "ray":
-        from .executors import _import_ray
+        from bench.harness.executors import _import_ray
 
         _import_ray()  # one line, before anything is written, when ray is not installed
     root = str(Path(data_dir) if data_dir else data_root())

@@ -1,0 +1,1 @@
+"""Audit statistics (epsilon lower bounds from attack scores) and canaries."""

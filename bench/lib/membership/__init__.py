@@ -1,0 +1,1 @@
+"""Membership-inference plumbing: metrics, statistics, reference models, signals and evaluation sets."""
