@@ -106,7 +106,7 @@ class GenClassifier(Attack):
     """Attacker classifier on k-NN distances to a released generator's samples; privacy loss (P-0.5)/0.5."""
 
     Config = GenClassifierConfig
-    kind = "membership"
+    kind = "generator"
     paper = "project protocol (attacker classifier, privacy loss = (P - 0.5)/0.5); features after GAN-Leaks, CCS 2020"
 
     def run(self, ctx, release) -> AttackResult:

@@ -80,7 +80,7 @@ class GenDistance(Attack):
     """Membership inference on a released generator: distance to the closest synthetic sample."""
 
     Config = GenDistanceConfig
-    kind = "membership"
+    kind = "generator"
     paper = ("Hilprecht, Härterich, Bernau, PETS 2019; Chen, Yu, Zhang, Fritz (GAN-Leaks), CCS 2020: "
              "distance to the closest synthetic sample")
 

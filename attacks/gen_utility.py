@@ -89,7 +89,7 @@ class GenUtility(Attack):
     """Utility matrix of a released generator: p1..p4 (train real/synthetic x test real/synthetic), p1 - p2."""
 
     Config = GenUtilityConfig
-    kind = "membership"
+    kind = "generator"
     paper = "project protocol (utility matrix p1..p4 of generated data, p1 - p2)"
 
     def run(self, ctx, release) -> AttackResult:

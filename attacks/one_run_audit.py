@@ -85,7 +85,7 @@ class OneRunAudit(Attack):
     """One-run privacy audit with canaries (Steinke, Nasr, Jagielski 2023): epsilon lower bound at 95 %."""
 
     Config = OneRunAuditConfig
-    kind = "membership"
+    kind = "audit"
     paper = "Steinke, Nasr, Jagielski: Privacy Auditing with One (1) Training Run, NeurIPS 2023"
 
     def run(self, ctx, release) -> AttackResult:

@@ -98,7 +98,7 @@ class OwnUnitAudit(Attack):
     """Canary audit in the mechanism's own unit (query / label): eps lower bound at 95 %, from the release and from the student."""
 
     Config = OwnUnitAuditConfig
-    kind = "membership"
+    kind = "audit"
     paper = "Steinke, Nasr, Jagielski: Privacy Auditing with One (1) Training Run, NeurIPS 2023 (canaries in the query unit)"
 
     def run(self, ctx, release) -> AttackResult:

@@ -40,15 +40,13 @@ from torch import nn
 
 from bench.api import BenchError, Defense, PrivacyReport, Release, register_defense
 from bench.lib import synthetic as S
+from bench.lib.datasets.base import dataset_info
 from bench.lib.models import Classifier, _flat_dim, build_model, register_arch, spec_for
 from bench.lib.tasks import Split
 from bench.lib.train import fit_classifier, seed_everything
 
 #: bump when the pre-training procedure changes (part of the shared artifact's key)
 PRETRAIN_VERSION = 1
-PUBLIC_PARTNER = {"mnist": "fashion-mnist", "fashion-mnist": "mnist"}
-
-
 @register_arch("tl-cnn")
 class TLCNN(Classifier):
     """Conv(w)-BN-ReLU-MaxPool2 -> Conv(2w)-... -> Conv(4w)-... -> FC(hidden)-ReLU -> FC(K).
@@ -133,8 +131,8 @@ def public_data(ctx, c: TLDMIConfig) -> tuple[Split, dict]:
     if how == "auto":
         if task.public is not None:
             how = "task-public"
-        elif task.dataset in PUBLIC_PARTNER:
-            how, name = "dataset", PUBLIC_PARTNER[task.dataset]
+        elif dataset_info(task.dataset).public_partner:
+            how, name = "dataset", dataset_info(task.dataset).public_partner
         else:
             how = "inversion-public"
     if how == "task-public" or (how == "inversion-public" and task.public is not None):

@@ -6,9 +6,9 @@ Defense
     with a :class:`PrivacyReport`. The target budget is ``ctx.epsilon`` / ``ctx.delta``.
 
 Attack
-    ``run(ctx, release) -> AttackResult``: attack a released model. ``kind`` says which
-    release it needs: ``"membership"`` attacks get the classification-protocol release,
-    ``"inversion"`` attacks get the inversion-protocol release.
+    ``run(ctx, release) -> AttackResult``: attack a released model. ``kind`` says what it measures
+    (membership, inversion, generator, audit) and so which release it needs: ``inversion`` attacks
+    get the inversion-protocol release, the others the classification-protocol release.
 
 A method never caches, stores or parallelises anything itself: it asks the context, and the
 runner decides (content-addressed cache, SQLite store, executors).
@@ -161,12 +161,25 @@ class Defense:
 
 
 class Attack:
-    """Base class of attacks. Set ``Config`` (a dataclass) and ``kind``."""
+    """Base class of attacks. Set ``Config`` (a dataclass), ``kind`` (one of :data:`ATTACK_KINDS`)
+    and ``metrics`` (the names of the floats ``run`` reports; the report's summary columns are the
+    ``summary`` subset of them). The store records the kind and reports read it from there."""
 
     name: ClassVar[str] = ""
     Config: ClassVar[type] = EmptyConfig
-    kind: ClassVar[str] = "membership"  # or "inversion"
+    kind: ClassVar[str] = "membership"
+    #: metric names the attack emits (documentation and report columns; a run may add more)
+    metrics: ClassVar[tuple[str, ...]] = ()
+    #: the metrics shown in the report's summary table, most important first
+    summary: ClassVar[tuple[str, ...]] = ()
     paper: ClassVar[str] = ""
+
+    @classmethod
+    def protocol(cls) -> str:
+        """The task protocol whose release the attack gets: ``inversion`` attacks get the
+        inversion-protocol release (private and public classes apart), every other kind the
+        classification-protocol release."""
+        return "inversion" if cls.kind == "inversion" else "classification"
 
     def __init__(self, config):
         self.config = config

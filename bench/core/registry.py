@@ -29,6 +29,12 @@ def _register(kind: str, name: str):
             other = _REGISTRY[kind][name]
             if f"{other.__module__}.{other.__qualname__}" != f"{cls.__module__}.{cls.__qualname__}":
                 raise ValueError(f"{kind[:-1]} '{name}' is registered twice ({other} and {cls})")
+        if kind == "attacks":
+            from bench.core.api import ATTACK_KINDS
+
+            if getattr(cls, "kind", None) not in ATTACK_KINDS:
+                raise ValueError(f"attack '{name}' declares kind {getattr(cls, 'kind', None)!r}; "
+                                 f"one of {', '.join(ATTACK_KINDS)} is required")
         cls.name = name
         _REGISTRY[kind][name] = cls
         return cls

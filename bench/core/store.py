@@ -36,6 +36,8 @@ CREATE TABLE IF NOT EXISTS cells (
   wall_time REAL, device TEXT, provenance TEXT, started REAL, finished REAL);
 CREATE TABLE IF NOT EXISTS metrics (
   cell_key TEXT, source TEXT, name TEXT, value REAL, PRIMARY KEY (cell_key, source, name));
+CREATE TABLE IF NOT EXISTS attacks (
+  cell_key TEXT, name TEXT, method TEXT, kind TEXT, PRIMARY KEY (cell_key, name));
 CREATE TABLE IF NOT EXISTS artifacts (
   cell_key TEXT, name TEXT, kind TEXT, cache_key TEXT, path TEXT, PRIMARY KEY (cell_key, name));
 """
@@ -210,10 +212,13 @@ class Store:
     def record_cell(self, *, cell_key: str, run_id: str, cell: dict, status: str, split: dict | None,
                     privacy: dict | None, info: dict | None, error: str | None, wall_time: float, device: str,
                     prov: dict, metrics: Iterable[tuple[str, str, float]] = (),
-                    artifacts: Iterable[tuple[str, str, str, str]] = (), started: float | None = None) -> None:
-        """Write one finished (or failed) cell with all its metrics in one transaction."""
+                    artifacts: Iterable[tuple[str, str, str, str]] = (),
+                    attacks: Iterable[tuple[str, str, str]] = (), started: float | None = None) -> None:
+        """Write one finished (or failed) cell with all its metrics in one transaction.
+        ``attacks``: (name in the suite, registered method, kind) of every attack that ran."""
         with self.transaction() as c:
             c.execute("DELETE FROM metrics WHERE cell_key=?", (cell_key,))
+            c.execute("DELETE FROM attacks WHERE cell_key=?", (cell_key,))
             c.execute("DELETE FROM artifacts WHERE cell_key=?", (cell_key,))
             c.execute("INSERT OR REPLACE INTO cells VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                       (cell_key, run_id, cell["dataset"], _eps(cell["epsilon"]), cell["delta"],
@@ -223,6 +228,8 @@ class Store:
                        json.dumps(prov), started, time.time()))
             c.executemany("INSERT OR REPLACE INTO metrics VALUES (?,?,?,?)",
                           [(cell_key, s, n, float(v)) for s, n, v in metrics])
+            c.executemany("INSERT OR REPLACE INTO attacks VALUES (?,?,?,?)",
+                          [(cell_key, *a) for a in attacks])
             c.executemany("INSERT OR REPLACE INTO artifacts VALUES (?,?,?,?,?)",
                           [(cell_key, *a) for a in artifacts])
 
@@ -235,6 +242,11 @@ class Store:
         if status:
             return self.query("SELECT * FROM cells WHERE status=? ORDER BY dataset, defense, epsilon, seed", (status,))
         return self.query("SELECT * FROM cells ORDER BY dataset, defense, epsilon, seed")
+
+    def attack_kinds(self) -> dict[str, str]:
+        """{attack name in the suite: its kind} as recorded by the runner (empty for stores written
+        before kinds were recorded)."""
+        return {r["name"]: r["kind"] for r in self.query("SELECT DISTINCT name, kind FROM attacks")}
 
     def metrics(self) -> list[dict]:
         return self.query("SELECT * FROM metrics")

@@ -302,6 +302,7 @@ def compute_cell(job: tuple[dict, Env]) -> dict:
     prov = provenance(env.device)
     metrics: list[tuple[str, str, float]] = []
     artifacts: list[tuple[str, str, str, str]] = []
+    attacks: list[tuple[str, str, str]] = []
     split = privacy = info = None
     try:
         cache = Cache(env.cache_dir)
@@ -325,7 +326,7 @@ def compute_cell(job: tuple[dict, Env]) -> dict:
             acfg = dict(acfg)
             acls = registry.get_attack(acfg.pop("method", aname))
             target, tkey, atask = rel, rkey, task
-            if acls.kind == "inversion":
+            if acls.protocol() == "inversion":
                 if inv_rel is None:
                     itask = ctx.task_for("inversion")
                     inv_rel, inv_util, ikey = fit_release(ctx, dcls, cell["defense_config"], itask, cell["epsilon"],
@@ -348,6 +349,7 @@ def compute_cell(job: tuple[dict, Env]) -> dict:
             akey = digest(payload)
             artifacts.append((f"attack:{aname}", "attack", akey, str(cache.path("attack", akey))))
             metrics += [(aname, k, v) for k, v in res.metrics.items()]
+            attacks.append((aname, acls.name, acls.kind))
         status, error = "done", None
     except BenchError as e:
         status, error = "failed", f"BenchError: {e}"
@@ -358,7 +360,8 @@ def compute_cell(job: tuple[dict, Env]) -> dict:
     info = json.loads(json.dumps(info if info is not None else {"logs": logs}, default=str))
     record = dict(cell_key=key, run_id=env.run_id, cell=cell, status=status, split=split, privacy=privacy,
                   info=info, error=error, wall_time=wall,
-                  device=env.device, prov=prov, metrics=metrics, artifacts=artifacts, started=started)
+                  device=env.device, prov=prov, metrics=metrics, artifacts=artifacts, attacks=attacks,
+                  started=started)
     return {"cell": cell, "key": key, "status": status, "error": error, "metrics": metrics, "privacy": privacy,
             "wall": wall, "hits": cache.hits if cache else 0, "misses": cache.misses if cache else 0, "record": record}
 
@@ -401,7 +404,7 @@ def run_suite(suite: Suite, out: str | Path, *, jobs: int = 1, device: str = "cp
         _import_ray()  # one line, before anything is written, when ray is not installed
     root = str(Path(data_dir) if data_dir else data_root())
     # pre-flight: missing data or impossible split sizes are user errors, found before anything is written
-    needs_inversion = any(registry.get_attack(c.get("method", a)).kind == "inversion" for a, c in suite.attacks.items())
+    needs_inversion = any(registry.get_attack(c.get("method", a)).protocol() == "inversion" for a, c in suite.attacks.items())
     for ds, dcfg in suite.datasets.items():
         for seed in suite.seeds:
             build_task(ds, dcfg["protocol"], seed, root)

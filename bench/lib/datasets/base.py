@@ -43,6 +43,14 @@ class RawData:
         return tuple(self.train_x.shape[1:])
 
 
+def dataset_info(name: str) -> type[Dataset]:
+    """The registered dataset class ``name`` (its constants: sizes, input statistics, public
+    partner, paper settings); the one-line unknown-dataset error otherwise."""
+    from bench.core.registry import get_dataset
+
+    return get_dataset(name)
+
+
 class Dataset:
     """A registered dataset. Subclasses set the class attributes and implement :meth:`load`."""
 
@@ -59,6 +67,16 @@ class Dataset:
     #: only then; otherwise the loader's fixed held-out split plays that role)
     official_test_split: bool = True
     source: str = ""
+    #: per-channel (mean, std) of the training split in [0, 1] pixel units (e.g. a generator's
+    #: "dataset statistics" output layer); None when not tabulated
+    input_stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    #: a dataset of the same shape and a disjoint domain, the natural public data of transfer-
+    #: learning defenses (TL-DMI); None when there is none
+    public_partner: str | None = None
+    #: published per-method hyperparameters for this dataset, keyed by method name (each method
+    #: documents its entry's layout), e.g. DataLens' README table; methods must not fall back to
+    #: another dataset's entry silently
+    paper_settings: dict = {}
 
     def load(self, root: Path, download: bool = True) -> RawData:  # pragma: no cover - abstract
         raise NotImplementedError

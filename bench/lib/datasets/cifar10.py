@@ -22,6 +22,7 @@ class CIFAR10(Dataset):
     expected_files = ("cifar-10-python.tar.gz",)
     default_sizes = {"members": 40000, "val": 2000, "nonmembers": 8000}
     source = "torchvision.datasets.CIFAR10 (Krizhevsky 2009)"
+    input_stats = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
 
     def load(self, root: Path, download: bool = True) -> RawData:
         from torchvision.datasets import CIFAR10 as TV

@@ -19,6 +19,10 @@ class FashionMNIST(Dataset):
         "MNIST/raw/t10k-images-idx3-ubyte.gz", "MNIST/raw/t10k-labels-idx1-ubyte.gz"))
     default_sizes = {"members": 48000, "val": 2000, "nonmembers": 10000}
     source = "torchvision.datasets.FashionMNIST (Zalando Research)"
+    input_stats = ((0.2860,), (0.3530,))
+    public_partner = "mnist"
+    #: DataLens' README settings (AI-secure/DataLens): epsilon -> (topk, sigma, thresh beta, z_dim)
+    paper_settings = {"datalens": {1.0: (200, 5000.0, 0.7, 50), 10.0: (350, 1000.0, 0.27, 64)}}
 
     def load(self, root: Path, download: bool = True) -> RawData:
         from torchvision.datasets import FashionMNIST as TV

@@ -74,6 +74,10 @@ class MNIST(Dataset):
     expected_files = _FILES
     default_sizes = {"members": 48000, "val": 2000, "nonmembers": 10000}
     source = "torchvision.datasets.MNIST (LeCun, Cortes, Burges)"
+    input_stats = ((0.1307,), (0.3081,))
+    public_partner = "fashion-mnist"
+    #: DataLens' README settings (AI-secure/DataLens): epsilon -> (topk, sigma, thresh beta, z_dim)
+    paper_settings = {"datalens": {1.0: (200, 5000.0, 0.7, 50), 10.0: (300, 800.0, 0.2, 50)}}
 
     def load(self, root: Path, download: bool = True) -> RawData:
         from torchvision.datasets import MNIST as TV
