@@ -9,6 +9,7 @@ from bench.core.api import (
     AttackResult,
     Context,
     Defense,
+    FitRequest,
     PrivacyReport,
     Release,
 )
@@ -17,6 +18,6 @@ from bench.core.errors import BenchError, suggest
 from bench.core.registry import register_attack, register_dataset, register_defense
 
 __all__ = [
-    "ATTACK_KINDS", "PRIVACY_UNITS", "Attack", "AttackResult", "BenchError", "Context", "Defense", "EmptyConfig",
+    "ATTACK_KINDS", "PRIVACY_UNITS", "Attack", "AttackResult", "BenchError", "Context", "Defense", "EmptyConfig", "FitRequest",
     "PrivacyReport", "Release", "make_config", "register_attack", "register_dataset", "register_defense", "suggest",
 ]

@@ -58,9 +58,9 @@ def _cmd_run(args) -> int:
         cells = suite.cells()
         print(f"suite '{suite.name}': {len(cells)} cells (dry run, nothing trained)")
         for c in cells:
-            eps = "inf" if math.isinf(c["epsilon"]) else f"{c['epsilon']:g}"
-            print(f"  {c['dataset']:<14} eps={eps:<6} delta={c['delta']:g} {c.get('variant') or c['defense']:<12} seed={c['seed']} "
-                  f"attacks={','.join(c['attacks']) or '-'}")
+            eps = "inf" if math.isinf(c.epsilon) else f"{c.epsilon:g}"
+            print(f"  {c.dataset:<14} eps={eps:<6} delta={c.delta:g} {c.label:<12} seed={c.seed} "
+                  f"attacks={','.join(c.attacks) or '-'}")
         return 0
     out = Path(args.out or Path("runs") / suite.name)
     res = run_suite(suite, out, jobs=args.jobs, device=args.device, cache_dir=args.cache_dir,

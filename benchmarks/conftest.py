@@ -21,7 +21,7 @@ def mnist_eps1_context(defense: str, prefix: str):
     import tempfile
 
     from bench.core.cache import Cache
-    from bench.harness.runner import CellContext, Env, get_task
+    from bench.harness.context import CellContext, Env, get_task
     from bench.harness.suite import load_suite
 
     root = os.environ.get("BENCH_DATA")

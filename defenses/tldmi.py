@@ -145,7 +145,7 @@ def public_data(ctx, c: TLDMIConfig) -> tuple[Split, dict]:
     else:
         from bench.lib.tasks import build_task
 
-        root = getattr(getattr(ctx, "env", None), "data_root", None)
+        root = getattr(ctx, "data_root", None)
         size = task.image_shape[-1]
         ptask = build_task(name, {"kind": "classification", "image_size": size}, 0, root)
         if tuple(ptask.image_shape) != tuple(task.image_shape):

@@ -456,12 +456,12 @@ def test_non_private_defense_gets_one_cell_whatever_the_epsilon_grid(cli, suite_
 
     s = load_suite(str(suite_file()), ["epsilons=[0.5, 1, 2, 8]", "seeds=[0,1,2]"])
     cells = s.cells()
-    none = [c for c in cells if c["defense"] == "none"]
-    dp = [c for c in cells if c["defense"] == "dpsgd"]
-    assert len(none) == 3 and all(math.isinf(c["epsilon"]) for c in none)
-    assert sorted(c["seed"] for c in none) == [0, 1, 2]
+    none = [c for c in cells if c.defense == "none"]
+    dp = [c for c in cells if c.defense == "dpsgd"]
+    assert len(none) == 3 and all(math.isinf(c.epsilon) for c in none)
+    assert sorted(c.seed for c in none) == [0, 1, 2]
     assert len(dp) == 4 * 3
-    assert sorted({c["epsilon"] for c in dp}) == [0.5, 1.0, 2.0, 8.0]
+    assert sorted({c.epsilon for c in dp}) == [0.5, 1.0, 2.0, 8.0]
     assert len(cells) == 15
     code, o, e = cli("run", "--suite", suite_file(), "--dry-run", "--set", "epsilons=[0.5, 1, 2, 8]",
                      "--set", "seeds=[0,1,2]")

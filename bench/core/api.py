@@ -110,6 +110,27 @@ class AttackResult:
     info: dict = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class FitRequest:
+    """One release for :meth:`Context.fit_many`: ``defense`` with ``config`` trained on the dataset
+    rows ``member_rows`` (drawn from ``task.candidate_pool()``), named ``tag`` (part of the derived
+    task's fingerprint); ``epsilon`` and ``seed`` default to the cell's."""
+
+    defense: str
+    config: Optional[dict]
+    member_rows: tuple[int, ...]
+    tag: str
+    epsilon: Optional[float] = None
+    seed: Optional[int] = None
+
+    @classmethod
+    def of(cls, r: FitRequest | dict) -> FitRequest:
+        if isinstance(r, FitRequest):
+            return r
+        return cls(r["defense"], r.get("config"), tuple(int(i) for i in r["member_rows"]), str(r["tag"]),
+                   r.get("epsilon"), r.get("seed"))
+
+
 class Context(Protocol):
     """The runner's side of a cell, as seen by a method."""
 
@@ -123,19 +144,29 @@ class Context(Protocol):
     #: "with the same defense, config and epsilon as the target" through these
     defense: str
     defense_config: dict
+    #: where the raw datasets are read from (methods that load a second dataset, e.g. TL-DMI's
+    #: public partner, load it from here)
+    data_root: str
+
+    def task_for(self, kind: str, seed: Optional[int] = None, protocol: Optional[dict] = None) -> Task:
+        """The cell dataset's task under the suite's ``protocol`` (kind ``classification``) or
+        ``inversion`` config, cut with ``seed`` (default: the cell's); with ``protocol``, under that
+        explicit protocol config instead (e.g. an inversion judge's own classification protocol)."""
 
     def fit_defense(self, name: str, config: Optional[dict] = None, *, task: Optional[Task] = None,
                     epsilon: Optional[float] = None, seed: Optional[int] = None) -> Release:
         """A (cached) release of another defense, e.g. the non-private teacher of ``none``."""
 
-    def fit_many(self, requests: list[dict]) -> list[Release]:
-        """Fit several (cached) releases, in parallel when the run has ``--jobs`` to spare. Each
-        request: ``{"defense", "config", "member_rows", "tag"}`` and optionally ``"epsilon"``,
-        ``"seed"``; ``member_rows`` are dataset rows from ``task.candidate_pool()``."""
+    def fit_many(self, requests: list[FitRequest | dict]) -> list[Release]:
+        """Fit several (cached) releases, in parallel when the run has ``--jobs`` to spare
+        (:class:`FitRequest`, or a dict with its fields)."""
 
     def artifact(self, kind: str, key: dict, build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         """A (cached, shared) artifact: ``build`` returns a dict of tensors/arrays/JSON values,
-        built once per ``(kind, key)`` across cells, processes and runs."""
+        built once per ``(kind, key)`` across cells, processes and runs. The harness adds the
+        version of the code that builds it (the source of the module that defines ``build`` and
+        of the project modules it imports) and of the dataset's loader to the key: ``key`` holds
+        only the data and settings (config, seeds, fingerprints), never source hashes."""
 
     def progress(self, iterable, **kwargs): ...
 

@@ -19,12 +19,12 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Optional
 
 from bench.core.errors import BenchError
+from bench.core.records import Cell, CellRecord
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -209,23 +209,27 @@ class Store:
         rows = self.query("SELECT status FROM cells WHERE cell_key=?", (cell_key,))
         return rows[0]["status"] if rows else None
 
-    def record_cell(self, *, cell_key: str, run_id: str, cell: dict, status: str, split: dict | None,
-                    privacy: dict | None, info: dict | None, error: str | None, wall_time: float, device: str,
-                    prov: dict, metrics: Iterable[tuple[str, str, float]] = (),
-                    artifacts: Iterable[tuple[str, str, str, str]] = (),
-                    attacks: Iterable[tuple[str, str, str]] = (), started: float | None = None) -> None:
-        """Write one finished (or failed) cell with all its metrics in one transaction.
-        ``attacks``: (name in the suite, registered method, kind) of every attack that ran."""
+    def record_cell(self, record: CellRecord | None = None, /, **fields) -> None:
+        """Write one finished (or failed) cell (a :class:`~bench.core.records.CellRecord`, or its
+        fields as keywords; ``cell`` may be a :class:`~bench.core.records.Cell` or its dict) with all
+        its metrics, artifacts and attack kinds in one transaction."""
+        if record is None:
+            for k in ("metrics", "artifacts", "attacks"):
+                fields[k] = tuple(fields.get(k, ()))
+            record = CellRecord(**fields)
+        r = record
+        cell = r.cell.as_dict() if isinstance(r.cell, Cell) else dict(r.cell)
+        cell_key, metrics, attacks, artifacts = r.cell_key, r.metrics, r.attacks, r.artifacts
         with self.transaction() as c:
             c.execute("DELETE FROM metrics WHERE cell_key=?", (cell_key,))
             c.execute("DELETE FROM attacks WHERE cell_key=?", (cell_key,))
             c.execute("DELETE FROM artifacts WHERE cell_key=?", (cell_key,))
             c.execute("INSERT OR REPLACE INTO cells VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                      (cell_key, run_id, cell["dataset"], _eps(cell["epsilon"]), cell["delta"],
+                      (cell_key, r.run_id, cell["dataset"], _eps(cell["epsilon"]), cell["delta"],
                        cell.get("variant") or cell["defense"],
-                       cell["seed"], status, json.dumps(cell, default=str), json.dumps(split),
-                       json.dumps(privacy), json.dumps(info, default=str), error, wall_time, device,
-                       json.dumps(prov), started, time.time()))
+                       cell["seed"], r.status, json.dumps(cell, default=str), json.dumps(r.split),
+                       json.dumps(r.privacy), json.dumps(r.info, default=str), r.error, r.wall_time, r.device,
+                       json.dumps(r.prov), r.started, time.time()))
             c.executemany("INSERT OR REPLACE INTO metrics VALUES (?,?,?,?)",
                           [(cell_key, s, n, float(v)) for s, n, v in metrics])
             c.executemany("INSERT OR REPLACE INTO attacks VALUES (?,?,?,?)",

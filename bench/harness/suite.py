@@ -21,6 +21,7 @@ import yaml
 from bench.core import registry
 from bench.core.config import config_dict, make_config
 from bench.core.errors import BenchError, suggest
+from bench.core.records import Cell
 from bench.lib.tasks import ProtocolConfig
 
 TOP_KEYS = {"name", "description", "datasets", "epsilons", "delta", "seeds", "defenses", "attacks"}
@@ -149,7 +150,7 @@ class Suite:
     attacks: dict[str, dict]
     raw: dict
 
-    def cells(self) -> list[dict]:
+    def cells(self) -> list[Cell]:
         out = []
         for ds, ds_cfg in self.datasets.items():
             for variant, dcfg in self.defenses.items():
@@ -158,12 +159,8 @@ class Suite:
                 private = registry.get_defense(dname).privacy_unit != "none"
                 for eps in (self.epsilons if private else [math.inf]):
                     for seed in self.seeds:
-                        cell = {"dataset": ds, "protocol": ds_cfg["protocol"], "inversion": ds_cfg["inversion"],
-                                "epsilon": eps, "delta": self.delta, "defense": dname, "defense_config": dcfg,
-                                "attacks": self.attacks, "seed": seed}
-                        if variant != dname:
-                            cell["variant"] = variant
-                        out.append(cell)
+                        out.append(Cell(ds, ds_cfg["protocol"], ds_cfg["inversion"], eps, self.delta, dname, dcfg,
+                                        self.attacks, seed, variant if variant != dname else None))
         return out
 
 
