@@ -22,6 +22,8 @@ class PluginAttack(Attack):
 
     Config = PluginAttackConfig
     kind = "membership"
+    metrics = ("auc", "balanced_acc", "advantage", "tpr_at_0.1%fpr", "tpr_at_1%fpr", "n_scored")
+    summary = ("auc",)
 
     def run(self, ctx, release) -> AttackResult:
         n = min(self.config.n, len(ctx.task.members), len(ctx.task.nonmembers))

@@ -1,0 +1,37 @@
+"""``spine-plugin-fidelity``: do a released generator's samples carry their labels? (test plugin)
+
+Samples n labelled images from the release's ``generator`` and reports the fraction the released
+classifier assigns to the sampled label; a release without a generator is skipped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bench.api import Attack, AttackResult, register_attack
+from bench.lib.generators import generator_of, sample_synthetic, skipped
+from bench.lib.train import predict_logits
+
+
+@dataclass
+class PluginFidelityConfig:
+    n: int = 200
+
+
+@register_attack("spine-plugin-fidelity")
+class PluginFidelity(Attack):
+    """Test plugin: label agreement of a released generator's samples."""
+
+    Config = PluginFidelityConfig
+    kind = "generator"
+    metrics = ("label_agreement", "n_synthetic")
+    summary = ("label_agreement",)
+
+    def run(self, ctx, release) -> AttackResult:
+        g = generator_of(release)
+        if g is None:
+            return skipped(ctx, "spine-plugin-fidelity", release)
+        synth = sample_synthetic(g, self.config.n, ctx.seed)
+        logits = predict_logits(release.model, synth.x, ctx.device)
+        agree = float((logits.argmax(1) == synth.y).float().mean()) if int(synth.y.min()) >= 0 else float("nan")
+        return AttackResult({"label_agreement": agree, "n_synthetic": float(len(synth))})
