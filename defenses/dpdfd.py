@@ -18,7 +18,7 @@ The official snippet (github.com/llbbcc/DPDFD, ``DPTrain``) has three faults, fi
    mean -> each sample is normalized separately, ``C g_i / (||g_i|| + e)``, so one query's
    contribution is bounded by C (the sensitivity the accountant uses).
 
-Accounting as in ``dpsd``'s data mode (shared code in ``defenses/_distill.py``): unit ``query``,
+Accounting as in ``dpsd``'s data mode (shared code in :mod:`bench.lib.distill`): unit ``query``,
 sigma calibrated with dp_accounting (PLD) so ``iterations`` rounds spend the target epsilon, plus
 the example-level figure in ``extra["epsilon_example_level"]``. Model selection: best accuracy on
 ``ctx.task.val`` (never test). See docs/methods/dpdfd.md.
@@ -27,8 +27,7 @@ the example-level figure in ``extra["epsilon_example_level"]``. Model selection:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Literal, Optional
+from dataclasses import dataclass
 
 import torch
 
@@ -38,50 +37,13 @@ from bench.lib.models import build_model, spec_for
 
 
 @dataclass
-class DPDFDConfig:
-    #: overrides of ``none``'s config for the teacher; empty = NoneConfig defaults (shared teacher)
-    teacher: dict = field(default_factory=dict)
-    student_arch: str = "student-cnn"
-    latent_dim: int = 100
-    #: generator width (DAFL: 128; 32 keeps one MNIST cell within minutes on a CPU core)
-    generator_width: int = 32
-    #: generator output layer: ``dataset-stats`` = DAFL's BatchNorm output mapped through the
-    #: dataset's standard input normalization constants; ``tanh`` = (tanh + 1) / 2
-    generator_output: Literal["dataset-stats", "tanh"] = "tanh"
-    iterations: int = 400
-    batch_size: int = 256
-    lr_student: float = 3e-3
-    lr_generator: float = 1e-2
-    #: KL temperature inside the mechanism (the snippet uses raw logits: T = 1)
-    temperature: float = 1.0
-    norm_bound: float = 1.0
-    #: the snippet's stability constant e = 0.001
-    stability: float = 1e-3
-    target_step: float = 1.0
-    neighbouring: Literal["replace", "zero-out"] = "replace"
-    #: reading of the query unit: each answer noised once, parallel composition (default), or the
-    #: conservative "one answer per iteration may differ", sequential composition over iterations
-    query_composition: Literal["parallel", "per-iteration"] = "parallel"
-    accountant: Literal["pld", "rdp"] = "pld"
-    noise_multiplier: Optional[float] = None
-    #: ``per-sample`` (sound) or ``batch-mean`` (the authors' snippet: std / B); see dpsd
-    noise_scale: Literal["per-sample", "batch-mean"] = "per-sample"
-    w_oh: float = 1.0
-    w_ie: float = 5.0
-    w_act: float = 0.1
-    #: one generator step every ``generator_every`` iterations (shared loop, see dpsd)
-    generator_every: int = 1
-    #: EMA decay of the student's weights, 0 = off (shared loop, see dpsd)
-    ema: float = 0.0
-    eval_every: int = 20
-    select_on_val: bool = True
-    #: audit refits only (``own-unit-audit`` sets it): ``{m, seed, iteration}`` canary queries whose
-    #: answer is swapped for another class's with probability 1/2 (``_distill.QueryCanaries``)
-    own_unit_canaries: dict = field(default_factory=dict)
+class DPDFDConfig(D.TranscriptionConfig):
+    """The shared transcription fields (:class:`bench.lib.distill.TranscriptionConfig`) at their
+    defaults: DPDFD distils with the KL loss on all classes (no top-k), has no label mode and no
+    adversarial generator term."""
 
     def validate(self):
-        if self.iterations <= 0 or self.batch_size <= 0 or self.norm_bound <= 0 or self.eval_every <= 0:
-            raise BenchError("dpdfd: iterations, batch_size, norm_bound and eval_every must be positive")
+        self.check_sizes("dpdfd")
         if self.generator_every < 1 or not 0.0 <= self.ema < 1.0:
             raise BenchError("dpdfd: generator_every must be >= 1 and ema in [0, 1)")
 

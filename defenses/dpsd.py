@@ -29,60 +29,37 @@ Model selection: the checkpoint with the best accuracy on ``ctx.task.val`` (neve
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Literal, Optional
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 from bench.api import BenchError, Defense, PrivacyReport, Release, register_defense
 from bench.lib import distill as D
+from bench.lib.accounting import pure_dp_composition_epsilon
 from bench.lib.models import build_model, spec_for
 
 
 @dataclass
-class DPSDConfig:
+class DPSDConfig(D.TranscriptionConfig):
+    """The shared transcription fields (:class:`bench.lib.distill.TranscriptionConfig`: teacher,
+    student, generator, loop, Gaussian mechanism, DAFL weights, selection, canaries) and DPSD's
+    own: the mode, the DKD loss and top-k of the data-sensitive mechanism, the label-sensitive
+    mechanism's prior, and the adversarial generator term."""
+
     mode: Literal["data", "label"] = "data"
-    #: overrides of ``none``'s config for the teacher; empty = NoneConfig defaults (shared teacher)
-    teacher: dict = field(default_factory=dict)
-    student_arch: str = "student-cnn"
-    latent_dim: int = 100
-    #: generator width (DAFL: 128; 32 keeps one MNIST cell within minutes on a CPU core)
-    generator_width: int = 32
     #: generator output layer: ``dataset-stats`` = DAFL's BatchNorm output mapped through the
     #: dataset's standard input normalization constants; ``tanh`` = (tanh + 1) / 2; ``auto`` =
     #: ``tanh`` in data mode, ``dataset-stats`` in label mode (both chosen on validation: hard
     #: labels of a generator whose first images the teacher calls one class never leave it)
     generator_output: Literal["auto", "dataset-stats", "tanh"] = "auto"
-    iterations: int = 400
-    batch_size: int = 256
-    lr_student: float = 3e-3
-    lr_generator: float = 1e-2
     # --- data-sensitive mechanism
     #: distillation loss whose logit gradient is privatized: dkd (DPSD) or kl
     loss: Literal["dkd", "kl"] = "dkd"
     dkd_alpha: float = 1.0
     dkd_beta: float = 8.0
-    temperature: float = 1.0
     #: top-k coordinates (chosen from the student's logits); 0 = all K
     top_k: int = 0
-    #: normalization bound C and stability constant e
-    norm_bound: float = 1.0
-    stability: float = 1e-3
-    #: eta: target = s - eta * (gbar + noise)
-    target_step: float = 1.0
-    #: neighbouring relation on one query's answer: replace (sensitivity 2C) or zero-out (C)
-    neighbouring: Literal["replace", "zero-out"] = "replace"
-    #: reading of the query unit: each answer noised once, parallel composition (default), or the
-    #: conservative "one answer per iteration may differ", sequential composition over iterations
-    query_composition: Literal["parallel", "per-iteration"] = "parallel"
-    accountant: Literal["pld", "rdp"] = "pld"
-    #: fixed noise multiplier (std / C); None = calibrate to epsilon over ``iterations``
-    noise_multiplier: Optional[float] = None
-    #: how the calibrated noise is applied to each per-sample gradient: ``per-sample`` (sound:
-    #: std sigma C) or ``batch-mean`` (the DPDFD authors' snippet: std sigma C / B, the scale of a
-    #: mechanism on the batch mean, while per-sample targets are released). The report carries the
-    #: claimed, released and example-level epsilon (see docs/methods/dpsd.md)
-    noise_scale: Literal["per-sample", "batch-mean"] = "per-sample"
     # --- label-sensitive mechanism
     #: temperature of the student prior given to RRWithPrior (1 = the student's softmax)
     rr_prior_temperature: float = 1.0
@@ -95,25 +72,11 @@ class DPSDConfig:
     #: iterations); 0 = the student's prior from the first query (a random student's confident
     #: prior makes RRWithPrior return the student's own class: chance accuracy)
     rr_prior_warmup: int = 200
-    # --- generator losses (DAFL weights for MNIST) + adversarial term on DP quantities
-    w_oh: float = 1.0
-    w_ie: float = 5.0
-    w_act: float = 0.1
+    #: weight of the generator's adversarial term on DP quantities (added to the DAFL losses)
     w_adv: float = 1.0
-    #: one generator step every ``generator_every`` iterations
-    generator_every: int = 1
-    #: decay of the exponential moving average of the student's weights (0 = off); the average is
-    #: evaluated, selected and released (post-processing of the DP updates)
-    ema: float = 0.0
-    eval_every: int = 20
-    select_on_val: bool = True
-    #: audit refits only (``own-unit-audit`` sets it): ``{m, seed, iteration}`` canary queries whose
-    #: answer is swapped for another class's with probability 1/2 (``_distill.QueryCanaries``)
-    own_unit_canaries: dict = field(default_factory=dict)
 
     def validate(self):
-        if self.iterations <= 0 or self.batch_size <= 0 or self.norm_bound <= 0 or self.eval_every <= 0:
-            raise BenchError("dpsd: iterations, batch_size, norm_bound and eval_every must be positive")
+        self.check_sizes("dpsd")
         if self.top_k < 0:
             raise BenchError("dpsd: top_k must be >= 0 (0 = all classes)")
         if self.generator_every < 1:
@@ -191,7 +154,7 @@ class DPSD(Defense):
                                 on_eval=lambda it: {"epsilon": eps_rr}, progress=ctx.progress, log=ctx.log, canaries=canaries)
             # own unit: each query's label is released once -> eps_rr-label-DP (parallel composition)
             spent = eps_rr
-            eps_ex = D.pure_dp_composition_epsilon(eps_rr, queries["n"], ctx.delta)
+            eps_ex = pure_dp_composition_epsilon(eps_rr, queries["n"], ctx.delta)
             privacy = PrivacyReport(
                 spent, 0.0, "label", "pure DP of RRWithPrior (per query, parallel composition); "
                 "example level: RDP (dp_accounting)",

@@ -47,9 +47,9 @@ import torch
 import torch.nn.functional as F
 
 from bench.api import BenchError, Defense, PrivacyReport, Release, register_defense
-from bench.lib import synthetic as S
+from bench.lib.accounting import calibrate_gaussian_scale, gaussian_rdp_epsilon
 from bench.lib.models import build_model, spec_for
-from bench.lib.synthetic import adam, partition, row_universe, shard_capacity
+from bench.lib.synthetic import adam, partition, row_universe, shard_capacity, train_student
 from bench.lib.tasks import Split
 from bench.lib.train import seed_everything
 
@@ -117,7 +117,7 @@ class MLPEnsemble:
 
 def teacher_batches_per_epoch(capacity: int, batch_size: int) -> int:
     """Optimizer steps per teacher epoch: ceil(capacity / batch_size), with ``capacity`` the
-    public slot capacity of a shard (:func:`bench.lib.synthetic.shard_capacity`), so that adding or
+    public slot capacity of a shard (:func:`bench.lib.synthetic.partition.shard_capacity`), so that adding or
     removing a member never changes any teacher's number of steps."""
     return max(1, math.ceil(int(capacity) / int(batch_size)))
 
@@ -215,7 +215,7 @@ class PATE(Defense):
         private = not math.isinf(ctx.epsilon)
         if private:
             if c.sigma2 is None:
-                sigma2 = S.calibrate_gaussian_scale(
+                sigma2 = calibrate_gaussian_scale(
                     lambda s: gnmax_events(s, c.sigma_ratio * s, len(queries), c.answers), ctx.epsilon, ctx.delta)
             else:
                 sigma2 = c.sigma2
@@ -235,7 +235,7 @@ class PATE(Defense):
         ans_idx = torch.nonzero(answered).flatten().numpy()
         n_ans = len(ans_idx)
         if private:
-            spent = S.gaussian_rdp_epsilon(gnmax_events(sigma2, sigma1, checks, n_ans), ctx.delta)
+            spent = gaussian_rdp_epsilon(gnmax_events(sigma2, sigma1, checks, n_ans), ctx.delta)
         else:
             spent = math.inf
         if n_ans < 2:
@@ -247,9 +247,9 @@ class PATE(Defense):
         spec = spec_for(task, c.student_arch)
         torch.manual_seed(ctx.seed * 7717 + 3)
         student = build_model(spec)
-        student, hist = S.train_student(student, train, task.val, epochs=c.student_epochs, lr=c.student_lr,
-                                        batch_size=c.student_batch_size, device=ctx.device, seed=ctx.seed * 7717 + 4,
-                                        progress=ctx.progress)
+        student, hist = train_student(student, train, task.val, epochs=c.student_epochs, lr=c.student_lr,
+                                      batch_size=c.student_batch_size, device=ctx.device, seed=ctx.seed * 7717 + 4,
+                                      progress=ctx.progress)
         privacy = PrivacyReport(
             spent, ctx.delta if private else 0.0, "example",
             "RDP (dp_accounting), data-independent" if private else "none (no noise)",

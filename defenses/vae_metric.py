@@ -38,8 +38,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.api import BenchError, Defense, PrivacyReport, Release, register_defense
-from bench.lib import synthetic as S
 from bench.lib.models import build_model, register_arch, spec_for
+from bench.lib.synthetic import train_student
 from bench.lib.tasks import Split
 from bench.lib.train import seed_everything
 
@@ -160,9 +160,9 @@ class VAEMetric(Defense):
         spec = spec_for(task, c.student_arch)
         torch.manual_seed(ctx.seed * 5501 + 3)
         student = build_model(spec)
-        student, hist = S.train_student(student, synth, task.val, epochs=c.student_epochs, lr=c.student_lr,
-                                        batch_size=c.student_batch_size, optimizer=c.student_optimizer,
-                                        device=ctx.device, seed=ctx.seed * 5501 + 4, progress=ctx.progress)
+        student, hist = train_student(student, synth, task.val, epochs=c.student_epochs, lr=c.student_lr,
+                                      batch_size=c.student_batch_size, optimizer=c.student_optimizer,
+                                      device=ctx.device, seed=ctx.seed * 5501 + 4, progress=ctx.progress)
         code_dist = float(torch.cdist(mu[:500], mu[500:1000]).mean()) if len(mu) >= 1000 else float("nan")
         privacy = PrivacyReport(
             ctx.epsilon, 0.0, "metric",

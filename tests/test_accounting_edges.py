@@ -18,7 +18,9 @@ import torch
 from bench.core.api import PRIVACY_UNITS, PrivacyReport
 from bench.core.cache import Cache
 from bench.core.config import make_config
-from bench.harness.runner import CellContext, Env
+from bench.harness.context import CellContext, Env
+from bench.lib.synthetic import partition, row_universe, shard_capacity
+from bench.lib.synthetic.gan import CondDCGANGenerator
 from bench.lib.tasks import build_task
 from defenses import datalens as DL
 from defenses import pate as P
@@ -41,9 +43,9 @@ def _ctx(tmp_path, task, eps, seed=0, logs=None):
 def _neighbours(task, n_teachers, seed):
     """(A, B, changed teacher): B is A without one member of A's unique largest ``record`` shard,
     so the realised largest shard shrinks by one; the public row range is the same for both."""
-    universe = DL.row_universe(task)
+    universe = row_universe(task)
     rows = np.asarray(task.members.index)
-    shards = DL.partition(rows, task.members.y.numpy(), n_teachers, "record", seed, universe)
+    shards = partition(rows, task.members.y.numpy(), n_teachers, "record", seed, universe)
     sizes = np.array([len(s) for s in shards])
     big = np.flatnonzero(sizes == sizes.max())
     # break ties: drop one member of every other largest shard (never the dataset's last row)
@@ -54,9 +56,9 @@ def _neighbours(task, n_teachers, seed):
     victim = next(int(r) for r in rows[shards[t_big]] if int(r) != top)
     b_rows = np.setdiff1d(a_rows, [victim])
     a, b = task.derive(a_rows, "edge-a"), task.derive(b_rows, "edge-b")
-    assert DL.row_universe(a) == DL.row_universe(b) == universe
-    sa = DL.partition(np.asarray(a.members.index), a.members.y.numpy(), n_teachers, "record", seed, universe)
-    sb = DL.partition(np.asarray(b.members.index), b.members.y.numpy(), n_teachers, "record", seed, universe)
+    assert row_universe(a) == row_universe(b) == universe
+    sa = partition(np.asarray(a.members.index), a.members.y.numpy(), n_teachers, "record", seed, universe)
+    sb = partition(np.asarray(b.members.index), b.members.y.numpy(), n_teachers, "record", seed, universe)
     assert max(map(len, sa)) == max(map(len, sb)) + 1  # the realised largest shard changed
     return a, b, t_big
 
@@ -110,10 +112,10 @@ def test_pate_schedule_function_is_public():
     assert P.teacher_batches_per_epoch(60, 32) == 2
     assert P.teacher_batches_per_epoch(15, 32) == 1
     task = _task()
-    cap = DL.shard_capacity(DL.row_universe(task), 10)
-    assert cap == math.ceil(DL.row_universe(task) / 10)
+    cap = shard_capacity(row_universe(task), 10)
+    assert cap == math.ceil(row_universe(task) / 10)
     rows = np.asarray(task.members.index)
-    shards = DL.partition(rows, task.members.y.numpy(), 10, "record", 0, DL.row_universe(task))
+    shards = partition(rows, task.members.y.numpy(), 10, "record", 0, row_universe(task))
     assert max(map(len, shards)) <= cap
 
 
@@ -127,7 +129,7 @@ DL_TINY = {"teachers": 30, "topk": 4, "sigma": 150.0, "thresh": 0.2, "z_dim": 8,
 def _structure(task, seed=0, **cfg):
     c = make_config(DL.DataLensConfig, {**DL_TINY, **cfg}, "datalens")
     out = DL.train_generator(task.members, task.num_classes, c, epsilon=1.0, delta=1e-5, dataset="digits",
-                             seed=seed, log=lambda m: None, universe=DL.row_universe(task))
+                             seed=seed, log=lambda m: None, universe=row_universe(task))
     return {k: out[k] for k in ("batch", "steps", "queries", "budget_queries", "noise_multiplier")}
 
 
@@ -138,7 +140,7 @@ def test_datalens_structure_is_independent_of_n():
     rows = np.asarray(task.members.index)
     top = int(max(rows.max(), task.val.index.max(), task.nonmembers.index.max()))
     smaller = task.derive(np.setdiff1d(rows, [int(next(r for r in rows if r != top))]), "n-1")
-    assert DL.row_universe(smaller) == DL.row_universe(task)
+    assert row_universe(smaller) == row_universe(task)
     sa, sb = _structure(task), _structure(smaller)
     assert sa == sb
     assert sa["batch"] == DL.DataLensConfig().batch_size
@@ -157,19 +159,19 @@ def test_datalens_teacher_fakes_use_the_public_capacity(monkeypatch):
     task = _task()
     a, b, _ = _neighbours(task, DL_TINY["teachers"], seed=0)
     seen = {}
-    orig = DL.CondDCGANGenerator.sample_latent
+    orig = CondDCGANGenerator.sample_latent
 
     def sample_latent(self, n, generator=None):
         seen.setdefault(tag[0], []).append(n)
         return orig(self, n, generator)
 
-    monkeypatch.setattr(DL.CondDCGANGenerator, "sample_latent", sample_latent)
+    monkeypatch.setattr(CondDCGANGenerator, "sample_latent", sample_latent)
     tag = ["a"]
     _structure(a, max_steps=2)
     tag[0] = "b"
     _structure(b, max_steps=2)
     assert seen["a"] == seen["b"]
-    assert seen["a"][0] >= DL.shard_capacity(DL.row_universe(task), DL_TINY["teachers"])
+    assert seen["a"][0] >= shard_capacity(row_universe(task), DL_TINY["teachers"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -286,4 +288,42 @@ def test_row_universe_does_not_depend_on_the_member_set():
         rows = np.asarray(task.members.index)
         last = int(rows.max())
     without = task.derive(np.setdiff1d(rows, [last]), "edge-no-top")
-    assert DL.row_universe(task) == DL.row_universe(without) == task.info["train_split_size"]
+    assert row_universe(task) == row_universe(without) == task.info["train_split_size"]
+
+
+# ---------------------------------------------------------------------------------------------
+# 10. the accountants' outputs are pinned: moving them into bench.lib.accounting (issue 16) kept
+#     every number bit for bit (values computed before the move, same libraries)
+
+def test_accountant_outputs_are_pinned():
+    from bench.lib import accounting as A
+    from bench.lib import distill as D
+
+    assert A.gaussian_rdp_epsilon([(17.677, 1908)], 1e-5) == 13.929994182177289
+    assert A.gaussian_rdp_epsilon([(3.0, 100), (1.5, 20), (7.0, 0)], 1e-6) == 32.23843939256122
+    assert A.gaussian_rdp_epsilon([(3.0, 100)], 1e-5, orders=[1.5, 2, 4, 8, 16, 32]) == 21.23774221496145
+    assert A.max_gaussian_compositions(17.677, 1.0, 1e-5) == 19
+    assert A.max_gaussian_compositions(2.0, 8.0, 1e-5) == 9
+    assert A.max_gaussian_compositions(5.0, 0.1, 1e-5) == 0
+    assert A.calibrate_gaussian_scale(lambda s: [(3.75 * s, 4000), (s / math.sqrt(2), 1000)], 1.0,
+                                      1e-5) == 193.36629136010515
+    assert A.gaussian_epsilon(3.0, 1, 1e-5, "pld") == 1.2710877737162374
+    assert A.gaussian_epsilon(3.0, 1, 1e-5, "rdp") == 1.3862750468052074
+    assert A.gaussian_epsilon(1.5, 400, 1e-5, "rdp") == 151.13281454682163
+    assert A.gaussian_epsilon(2.0, 0, 1e-5, "pld") == 0.0
+    assert A.calibrate_gaussian(1.0, 1e-5, 1, "pld") == 3.7309136899133675
+    assert A.calibrate_gaussian(4.0, 1e-5, 400, "rdp") == 23.151472905821556
+    assert A.pure_dp_composition_epsilon(1.0, 6400, 1e-5) == 3313.108166046599
+    assert A.pure_dp_composition_epsilon(0.5, 10, 1e-6) == 5.001118042376184
+    assert A.pld_points(0.05, 400) == 1.6e9 > A.PLD_MAX_POINTS
+    assert A.dpsgd_epsilon(1.1, 0.01, 500, 1e-5, "rdp") == 1.3208673116394032
+    assert A.dpsgd_noise_multiplier(2.0, 1e-5, 0.01, 500, "rdp") == 0.927734375
+    # the distillation mechanism's plan and its three figures, through the same accountants
+    plan = D.plan_gaussian(1.0, 1e-5, iterations=40, batch_size=16, sens=2.0, query_composition="per-iteration",
+                           accountant="rdp", noise_multiplier=None, noise_scale="batch-mean")
+    assert (plan.z, plan.applied) == (25.585363550444207, 3.198170443805526)
+    led = D.GaussianLedger(plan.z, plan.z_example, 1e-5, "rdp", "per-iteration", released_multiplier=plan.z_released)
+    led.step(40)
+    extra = D.gaussian_privacy_extra(plan, led)
+    assert (extra["epsilon_claimed"], extra["epsilon_released"], extra["epsilon_example_level"]) == (
+        0.9999957013703089, 25.538091253682943, 198.72150737729046)

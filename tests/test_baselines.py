@@ -18,7 +18,11 @@ import yaml
 from bench.core.api import Attack, AttackResult
 from bench.core.errors import BenchError
 from bench.core.registry import register_attack
-from bench.lib import synthetic as S
+from bench.lib import accounting as A
+from bench.lib.synthetic import aggregation as AG
+from bench.lib.synthetic.gan import CondDCGANGenerator
+from bench.lib.synthetic.partition import partition
+from bench.lib.synthetic.teachers import LinearTeacherEnsemble, TeacherEnsemble
 from defenses import datalens as DL
 from defenses import pate as P
 from defenses import tldmi as TL
@@ -29,7 +33,7 @@ from defenses import vae_metric as VM
 
 
 def _vote_vectors(grads, k, seed=0):
-    idx, sign = DL.topk_stochastic_sign(grads, k, max_grad=0.0, generator=torch.Generator().manual_seed(seed))
+    idx, sign = AG.topk_stochastic_sign(grads, k, max_grad=0.0, generator=torch.Generator().manual_seed(seed))
     N, B, _ = grads.shape
     v = torch.zeros_like(grads)
     v.scatter_(2, idx, sign)
@@ -45,8 +49,8 @@ def test_topagg_votes_have_k_signed_entries_and_sum():
     # the selected coordinates are the top-k of |g|
     top = g.abs().topk(k, dim=-1).indices
     assert torch.all(torch.gather(v, 2, top) != 0)
-    idx, sign = DL.topk_stochastic_sign(g, k, 0.0, torch.Generator().manual_seed(0))
-    assert torch.allclose(DL.vote_sum(idx, sign, 40), v.sum(0))
+    idx, sign = AG.topk_stochastic_sign(g, k, 0.0, torch.Generator().manual_seed(0))
+    assert torch.allclose(AG.vote_sum(idx, sign, 40), v.sum(0))
     # stochastic sign: with b = max |g| the top coordinate's sign is deterministic (prob 1)
     amax = g.abs().argmax(-1, keepdim=True)
     assert torch.all(torch.gather(v, 2, amax) == torch.gather(g.sign(), 2, amax))
@@ -55,12 +59,12 @@ def test_topagg_votes_have_k_signed_entries_and_sum():
 def test_topagg_sign_probabilities():
     # one teacher, one image, k = d: P(+1) = 1/2 + g / (2 b) with b = max |g|
     g = torch.tensor([[[1.0, 0.5, -0.5, 0.0]]]).expand(20000, 1, 4).contiguous()
-    idx, sign = DL.topk_stochastic_sign(g, 4, 0.0, torch.Generator().manual_seed(1))
+    idx, sign = AG.topk_stochastic_sign(g, 4, 0.0, torch.Generator().manual_seed(1))
     v = torch.zeros_like(g).scatter_(2, idx, sign)
     p_plus = (v[:, 0] > 0).float().mean(0)
     assert torch.allclose(p_plus, torch.tensor([1.0, 0.75, 0.25, 0.5]), atol=0.015)
     # max_grad caps b: |g| >= b gives a deterministic sign
-    idx, sign = DL.topk_stochastic_sign(g, 4, 0.25, torch.Generator().manual_seed(1))
+    idx, sign = AG.topk_stochastic_sign(g, 4, 0.25, torch.Generator().manual_seed(1))
     v = torch.zeros_like(g).scatter_(2, idx, sign)
     assert torch.all(v[:, 0, :3] == torch.tensor([1.0, 1.0, -1.0]))
 
@@ -84,7 +88,7 @@ def test_topagg_sensitivity_is_two_sqrt_k():
         worst = max(worst, float(diff.max()))
         assert torch.all(diff <= 2 * math.sqrt(k) + 1e-6)
     assert worst == pytest.approx(2 * math.sqrt(k))
-    assert DL.query_noise_multiplier(5000.0, 200) == pytest.approx(5000.0 / (2 * math.sqrt(200)))
+    assert AG.query_noise_multiplier(5000.0, 200) == pytest.approx(5000.0 / (2 * math.sqrt(200)))
 
 
 def _hand_epsilon(rdp_per_order, orders, delta):
@@ -102,24 +106,63 @@ def test_topagg_accounting_matches_hand_computation():
     from dp_accounting.rdp.rdp_privacy_accountant import DEFAULT_RDP_ORDERS
 
     k, sigma, delta = 200, 5000.0, 1e-5
-    z = DL.query_noise_multiplier(sigma, k)
+    z = AG.query_noise_multiplier(sigma, k)
     for T in (1, 12, 600, 1908):
-        lib = S.gaussian_rdp_epsilon([(z, T)], delta)
+        lib = A.gaussian_rdp_epsilon([(z, T)], delta)
         hand = _hand_epsilon([T * 2 * k * a / sigma ** 2 for a in DEFAULT_RDP_ORDERS], DEFAULT_RDP_ORDERS, delta)
         assert lib == pytest.approx(hand, rel=1e-9)
         classic = min(T * 2 * k * a / sigma ** 2 + math.log(1 / delta) / (a - 1) for a in DEFAULT_RDP_ORDERS if a > 1)
         assert lib <= classic
     # the stopping rule: the budget's query count is the largest T with epsilon <= target
-    tmax = S.max_gaussian_compositions(z, 1.0, delta)
-    assert S.gaussian_rdp_epsilon([(z, tmax)], delta) <= 1.0 < S.gaussian_rdp_epsilon([(z, tmax + 1)], delta)
+    tmax = A.max_gaussian_compositions(z, 1.0, delta)
+    assert A.gaussian_rdp_epsilon([(z, tmax)], delta) <= 1.0 < A.gaussian_rdp_epsilon([(z, tmax + 1)], delta)
     assert 1800 < tmax < 2000  # the paper's MNIST eps = 1 setting: ~1.9k queries with this conversion
+
+
+def test_topagg_is_the_chunked_vote_sum_then_the_noisy_threshold():
+    """``topagg`` = teachers' image gradients chunk by chunk -> top-k stochastic signs -> vote sum ->
+    noise and threshold, drawing from one generator in that order (DataLens' training loop)."""
+    T = LinearTeacherEnsemble(5, 12, 3, torch.Generator().manual_seed(0), pieces=2)
+    img = torch.rand(4, 12, generator=torch.Generator().manual_seed(1))
+    y = torch.tensor([0, 1, 2, 1])
+    got = AG.topagg(T, img, y, k=3, max_grad=0.0, sigma=0.7, beta=0.2, chunk=2,
+                    generator=torch.Generator().manual_seed(2))
+    g = torch.Generator().manual_seed(2)
+    votes = torch.zeros(4, 12)
+    for a in range(0, 5, 2):
+        idx, sign = AG.topk_stochastic_sign(T.image_grads(img, y, slice(a, a + 2)), 3, 0.0, g)
+        votes += AG.vote_sum(idx, sign, 12)
+    assert torch.equal(got, AG.threshold_votes(votes, 0.7, 0.2, 5, g))
+    assert set(got.unique().tolist()) <= {-1.0, 0.0, 1.0}
+
+
+def test_paper_setting_reads_the_dataset_table_and_records_the_mnist_fallback():
+    from bench.lib.datasets.base import dataset_info
+
+    for ds in ("mnist", "fashion-mnist"):
+        table = dataset_info(ds).paper_settings["datalens"]
+        for eps in table:
+            ps = DL.paper_setting(ds, eps)
+            assert (ps["topk"], ps["sigma"], ps["thresh"], ps["z_dim"]) == table[eps]
+            assert ps["table"] == ds and ps["source"] == f"paper setting for eps={eps:g}"
+    assert DL.paper_setting("fashion-mnist", 10.0)["topk"] == 350  # its own table, not MNIST's
+    # digits has no DataLens setting: MNIST's numbers, and the source says so
+    for eps in (1.0, 10.0, 3.0, math.inf):
+        ps, ref = DL.paper_setting("digits", eps), DL.paper_setting("mnist", eps)
+        assert {k: v for k, v in ps.items() if k != "source"} == {k: v for k, v in ref.items() if k != "source"}
+        assert ps["source"] == "MNIST's table (no DataLens setting for digits): " + ref["source"]
+    # the numbers pinned before the tables moved to the dataset classes (issue 16)
+    assert DL.paper_setting("mnist", 1.0)["reference_queries"] == 1909
+    assert DL.paper_setting("mnist", 10.0)["reference_queries"] == 1901
+    assert DL.paper_setting("fashion-mnist", 10.0)["reference_queries"] == 2546
+    assert DL.paper_setting("digits", 3.0)["sigma"] == 1845.367058005475
 
 
 def _ensembles(N, dim, K, seed):
     g = torch.Generator().manual_seed(seed)
-    return {"mlp": DL.TeacherEnsemble(N, dim, K, 6, g),
-            "linear": DL.LinearTeacherEnsemble(N, dim, K, torch.Generator().manual_seed(seed), weight_decay=20.0),
-            "maxout": DL.LinearTeacherEnsemble(N, dim, K, torch.Generator().manual_seed(seed), weight_decay=20.0,
+    return {"mlp": TeacherEnsemble(N, dim, K, 6, g),
+            "linear": LinearTeacherEnsemble(N, dim, K, torch.Generator().manual_seed(seed), weight_decay=20.0),
+            "maxout": LinearTeacherEnsemble(N, dim, K, torch.Generator().manual_seed(seed), weight_decay=20.0,
                                                pieces=3)}
 
 
@@ -186,9 +229,9 @@ def test_maxout_teacher_votes_depend_on_the_image():
     teacher exactly."""
     gen = torch.Generator().manual_seed(5)
     N, dim, K = 3, 20, 2
-    lin = DL.LinearTeacherEnsemble(N, dim, K, torch.Generator().manual_seed(1))
-    one = DL.LinearTeacherEnsemble(N, dim, K, torch.Generator().manual_seed(1), pieces=1)
-    mx = DL.LinearTeacherEnsemble(N, dim, K, torch.Generator().manual_seed(1), pieces=4)
+    lin = LinearTeacherEnsemble(N, dim, K, torch.Generator().manual_seed(1))
+    one = LinearTeacherEnsemble(N, dim, K, torch.Generator().manual_seed(1), pieces=1)
+    mx = LinearTeacherEnsemble(N, dim, K, torch.Generator().manual_seed(1), pieces=4)
     x = torch.rand(64, dim, generator=gen)
     y = torch.zeros(64, dtype=torch.long)
     assert torch.equal(lin.image_grads(x, y), one.image_grads(x, y))
@@ -205,8 +248,8 @@ def test_generator_output_contrast_is_sample_only():
     """``output_contrast: autocontrast`` rescales each sampled image to span [0, 1] (a per-image
     affine map of the raw output); ``output_blur`` is a 3x3 Gaussian blur before it; ``forward``,
     the network the DP training regresses, stays raw, and the defaults sample the raw output."""
-    raw = DL.CondDCGANGenerator(1, 28, 10, z_dim=8, gf_dim=8, gfc_dim=32).eval()
-    ac = DL.CondDCGANGenerator(1, 28, 10, z_dim=8, gf_dim=8, gfc_dim=32, output_contrast="autocontrast").eval()
+    raw = CondDCGANGenerator(1, 28, 10, z_dim=8, gf_dim=8, gfc_dim=32).eval()
+    ac = CondDCGANGenerator(1, 28, 10, z_dim=8, gf_dim=8, gfc_dim=32, output_contrast="autocontrast").eval()
     ac.load_state_dict(raw.state_dict())
     xr, yr = raw.sample(50, generator=torch.Generator().manual_seed(3))
     xa, ya = ac.sample(50, generator=torch.Generator().manual_seed(3))
@@ -217,7 +260,7 @@ def test_generator_output_contrast_is_sample_only():
     assert torch.allclose(xa, (xr - lo) / (hi - lo), atol=1e-5)
     z, y = torch.rand(4, 8), torch.arange(4)
     assert torch.equal(raw(z, y), ac(z, y))
-    bl = DL.CondDCGANGenerator(1, 28, 10, z_dim=8, gf_dim=8, gfc_dim=32, output_contrast="autocontrast",
+    bl = CondDCGANGenerator(1, 28, 10, z_dim=8, gf_dim=8, gfc_dim=32, output_contrast="autocontrast",
                                output_blur=0.8).eval()
     bl.load_state_dict(raw.state_dict())
     xb, _ = bl.sample(50, generator=torch.Generator().manual_seed(3))
@@ -235,26 +278,26 @@ def test_generator_output_contrast_is_sample_only():
     lo, hi = full.amin((1, 2, 3), keepdim=True), full.amax((1, 2, 3), keepdim=True)
     assert torch.allclose(xb, (full - lo) / (hi - lo), atol=1e-5)
     with pytest.raises(BenchError):
-        DL.CondDCGANGenerator(output_contrast="equalize")
+        CondDCGANGenerator(output_contrast="equalize")
     with pytest.raises(BenchError):
-        DL.CondDCGANGenerator(output_blur=-1.0)
+        CondDCGANGenerator(output_blur=-1.0)
 
 
 def test_record_partition_one_member_one_shard():
     rng = np.random.default_rng(0)
     rows = np.sort(rng.choice(1000, 600, replace=False))
     labels = rng.integers(0, 10, 600)
-    shards = DL.partition(rows, labels, 20, "record", seed=5, universe=1000)
+    shards = partition(rows, labels, 20, "record", seed=5, universe=1000)
     flat = np.concatenate(shards)
     assert len(flat) == 600 and len(np.unique(flat)) == 600
     owner = {int(rows[p]): t for t, s in enumerate(shards) for p in s}
     # remove one member: only its teacher's shard changes (as a set of dataset rows)
     drop = 17
     rows2 = np.delete(rows, drop)
-    shards2 = DL.partition(rows2, np.delete(labels, drop), 20, "record", seed=5, universe=1000)
+    shards2 = partition(rows2, np.delete(labels, drop), 20, "record", seed=5, universe=1000)
     changed = [t for t in range(20) if set(rows[shards[t]]) != set(rows2[shards2[t]])]
     assert changed == [owner[int(rows[drop])]]
-    bal = DL.partition(rows, labels, 20, "balanced", seed=5)
+    bal = partition(rows, labels, 20, "balanced", seed=5)
     assert all(len(s) == 30 for s in bal) and len(np.unique(np.concatenate(bal))) == 600
 
 
@@ -325,8 +368,8 @@ def test_pate_calibration_spends_target():
     def events(s):
         return P.gnmax_events(s, 3.75 * s, 4000, 1000)
 
-    s = S.calibrate_gaussian_scale(events, 1.0, 1e-5)
-    eps = S.gaussian_rdp_epsilon(events(s), 1e-5)
+    s = A.calibrate_gaussian_scale(events, 1.0, 1e-5)
+    eps = A.gaussian_rdp_epsilon(events(s), 1e-5)
     assert eps <= 1.0 and eps > 0.995
     # data-independent GNMax: RDP lambda / sigma2^2 == Gaussian with multiplier sigma2 / sqrt 2
     from dp_accounting.rdp.rdp_privacy_accountant import DEFAULT_RDP_ORDERS

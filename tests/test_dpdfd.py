@@ -4,7 +4,9 @@ Shares the helpers of test_dpsd.py (synthetic task with a lockable private split
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import re
 
 import pytest
 import torch
@@ -14,7 +16,7 @@ from test_dpsd import FakeCtx, RecordingTeacher, TeacherNet, analytic_gaussian_d
 from bench.core.config import make_config
 from bench.lib import distill as D
 from bench.lib.models import build_model
-from defenses.dpdfd import DPDFD
+from defenses.dpdfd import DPDFD, DPDFDConfig
 
 TINY = {"iterations": 6, "batch_size": 16, "eval_every": 3, "latent_dim": 8, "generator_width": 8,
         "noise_multiplier": 20.0}
@@ -105,3 +107,52 @@ def test_same_seed_same_student():
     a, b, c = (fit({}, FakeCtx(synthetic_task(), TeacherNet(), seed=s)).model.state_dict() for s in (0, 0, 1))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+#: ``dataclasses.asdict(DPDFDConfig())`` before the shared base class (issue 16)
+DPDFD_DEFAULTS = {
+    'accountant': 'pld',
+    'batch_size': 256,
+    'ema': 0.0,
+    'eval_every': 20,
+    'generator_every': 1,
+    'generator_output': 'tanh',
+    'generator_width': 32,
+    'iterations': 400,
+    'latent_dim': 100,
+    'lr_generator': 0.01,
+    'lr_student': 0.003,
+    'neighbouring': 'replace',
+    'noise_multiplier': None,
+    'noise_scale': 'per-sample',
+    'norm_bound': 1.0,
+    'own_unit_canaries': {},
+    'query_composition': 'parallel',
+    'select_on_val': True,
+    'stability': 0.001,
+    'student_arch': 'student-cnn',
+    'target_step': 1.0,
+    'teacher': {},
+    'temperature': 1.0,
+    'w_act': 0.1,
+    'w_ie': 5.0,
+    'w_oh': 1.0,
+}
+
+
+def test_config_defaults_are_unchanged_by_the_shared_base():
+    assert issubclass(DPDFDConfig, D.TranscriptionConfig)
+    assert dataclasses.asdict(DPDFDConfig()) == DPDFD_DEFAULTS
+    assert {f.name for f in dataclasses.fields(D.TranscriptionConfig)} == set(DPDFD_DEFAULTS)
+
+
+@pytest.mark.parametrize("bad,msg", [
+    ({"batch_size": 0}, "dpdfd: iterations, batch_size, norm_bound and eval_every must be positive"),
+    ({"ema": 1.0}, "dpdfd: generator_every must be >= 1 and ema in [0, 1)"),
+    ({"generator_output": "auto"}, "generator_output"),  # DPSD's ``auto`` is not DPDFD's
+])
+def test_config_validation_messages(bad, msg):
+    from bench.core.errors import BenchError
+
+    with pytest.raises(BenchError, match=re.escape(msg)):
+        make_config(DPDFDConfig, bad, "dpdfd")

@@ -1,10 +1,12 @@
-"""DPSD (defenses/dpsd.py) and the shared pieces in defenses/_distill.py.
+"""DPSD (defenses/dpsd.py) and the shared pieces in bench/lib/distill/.
 
 Fast (tiny configs, 8x8 synthetic tasks or sklearn digits, one CPU thread)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import re
 
 import numpy as np
 import pytest
@@ -15,10 +17,11 @@ from scipy.stats import chisquare, norm
 
 from bench.core.api import PrivacyReport, Release
 from bench.core.config import make_config
+from bench.lib import accounting as A
 from bench.lib import distill as D
 from bench.lib.models import build_model, spec_for
 from bench.lib.tasks import Split, Task
-from defenses.dpsd import DPSD
+from defenses.dpsd import DPSD, DPSDConfig
 
 # ---------------------------------------------------------------------------------------------
 # helpers: a small synthetic task whose private split can be locked, and a fake runner context
@@ -131,22 +134,22 @@ def test_accountant_epsilon_matches_hand_computation():
     z, T, delta = 20.0, 50, 1e-5
     mu = math.sqrt(T) / z
     hand = brentq(lambda e: analytic_gaussian_delta(e, mu) - delta, 1e-6, 50)
-    lib = D.gaussian_epsilon(z, T, delta, "pld")
+    lib = A.gaussian_epsilon(z, T, delta, "pld")
     assert abs(lib - hand) < 0.01 * hand + 1e-3, (lib, hand)
-    assert D.gaussian_epsilon(z, T, delta, "rdp") >= lib  # RDP is an upper bound
+    assert A.gaussian_epsilon(z, T, delta, "rdp") >= lib  # RDP is an upper bound
 
 
 def test_calibration_spends_the_target_over_the_planned_iterations():
-    z = D.calibrate_gaussian(1.0, 1e-5, 40, "pld")
-    spent = D.gaussian_epsilon(z, 40, 1e-5, "pld")
+    z = A.calibrate_gaussian(1.0, 1e-5, 40, "pld")
+    spent = A.gaussian_epsilon(z, 40, 1e-5, "pld")
     assert 0.97 <= spent <= 1.0 + 1e-6, spent
     mu = math.sqrt(40) / z
     assert analytic_gaussian_delta(1.0, mu) <= 1.1e-5
 
 
 def test_pure_dp_composition_is_at_least_one_query_and_at_most_basic_composition():
-    e1 = D.pure_dp_composition_epsilon(1.0, 1, 1e-5)
-    e100 = D.pure_dp_composition_epsilon(1.0, 100, 1e-5)
+    e1 = A.pure_dp_composition_epsilon(1.0, 1, 1e-5)
+    e100 = A.pure_dp_composition_epsilon(1.0, 100, 1e-5)
     assert 0.99 <= e1 <= 1.05
     assert e1 < e100 <= 100.0
 
@@ -446,6 +449,7 @@ def test_generator_dataset_stats_output_matches_the_normalization_constants():
     assert torch.allclose(m, mean, atol=0.06), (m, mean)
     assert (x.std((0, 2, 3)) <= std + 1e-4).all()  # clamping only shrinks the spread
     assert D.generator_spec_args("digits", "dataset-stats") == {}  # no published constants: tanh
+    assert D.generator_spec_args("unregistered-task", "dataset-stats") == {}  # a task built by hand
     assert D.generator_spec_args("mnist", "tanh") == {}
     with pytest.raises(ValueError):
         D.generator_spec_args("mnist", "bogus")
@@ -490,3 +494,70 @@ def test_dpsd_end_to_end_through_the_runner(tmp_path):
     # nothing else -> count release cache entries
     entries = list((tmp_path / "cache").rglob("manifest.json"))
     assert len([e for e in entries if "release" in str(e)]) == 3
+
+
+# ---------------------------------------------------------------------------------------------
+# config
+
+
+#: ``dataclasses.asdict(DPSDConfig())`` before the shared base class (issue 16: every resolved
+#: default stays the same)
+DPSD_DEFAULTS = {
+    'accountant': 'pld',
+    'batch_size': 256,
+    'dkd_alpha': 1.0,
+    'dkd_beta': 8.0,
+    'ema': 0.0,
+    'eval_every': 20,
+    'generator_every': 1,
+    'generator_output': 'auto',
+    'generator_width': 32,
+    'iterations': 400,
+    'latent_dim': 100,
+    'loss': 'dkd',
+    'lr_generator': 0.01,
+    'lr_student': 0.003,
+    'mode': 'data',
+    'neighbouring': 'replace',
+    'noise_multiplier': None,
+    'noise_scale': 'per-sample',
+    'norm_bound': 1.0,
+    'own_unit_canaries': {},
+    'query_composition': 'parallel',
+    'rr_prior_mix': 0.0,
+    'rr_prior_temperature': 1.0,
+    'rr_prior_warmup': 200,
+    'select_on_val': True,
+    'stability': 0.001,
+    'student_arch': 'student-cnn',
+    'target_step': 1.0,
+    'teacher': {},
+    'temperature': 1.0,
+    'top_k': 0,
+    'w_act': 0.1,
+    'w_adv': 1.0,
+    'w_ie': 5.0,
+    'w_oh': 1.0,
+}
+
+
+def test_config_defaults_are_unchanged_by_the_shared_base():
+    assert issubclass(DPSDConfig, D.TranscriptionConfig)
+    assert dataclasses.asdict(DPSDConfig()) == DPSD_DEFAULTS
+    shared = {f.name for f in dataclasses.fields(D.TranscriptionConfig)}
+    assert shared <= set(DPSD_DEFAULTS) and "mode" not in shared and "w_adv" not in shared
+
+
+@pytest.mark.parametrize("bad,msg", [
+    ({"iterations": 0}, "dpsd: iterations, batch_size, norm_bound and eval_every must be positive"),
+    ({"top_k": -1}, "dpsd: top_k must be >= 0"),
+    ({"generator_every": 0}, "dpsd: generator_every must be >= 1"),
+    ({"rr_prior_mix": 2.0}, "dpsd: ema must be in [0, 1) and rr_prior_mix in [0, 1]"),
+    ({"rr_prior_warmup": -1}, "dpsd: rr_prior_warmup must be >= 0"),
+    ({"generator_output": "bogus"}, "generator_output"),
+])
+def test_config_validation_messages(bad, msg):
+    from bench.core.errors import BenchError
+
+    with pytest.raises(BenchError, match=re.escape(msg)):
+        make_config(DPSDConfig, bad, "dpsd")

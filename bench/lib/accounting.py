@@ -1,15 +1,33 @@
-"""Privacy accounting helpers on top of library accountants (Opacus; dp-accounting where
-Opacus lacks the mechanism). Nothing here computes an epsilon by hand."""
+"""Privacy accounting: the one place the project calls a library accountant (Opacus for DP-SGD,
+Google's ``dp_accounting`` for everything else). Nothing here computes an epsilon by hand.
+
+* DP-SGD (Opacus): :func:`make_accountant`, :func:`dpsgd_noise_multiplier`, :func:`dpsgd_epsilon`;
+* compositions of Gaussian mechanisms (dp_accounting; noise multiplier z = noise std / L2
+  sensitivity): :func:`gaussian_epsilon` (one multiplier, PLD or RDP), :func:`gaussian_rdp_epsilon`
+  (several multipliers, RDP), :func:`max_gaussian_compositions` (how many fit in a budget),
+  :func:`calibrate_gaussian` (the multiplier for a budget) and :func:`calibrate_gaussian_scale`
+  (the scale of a family of Gaussian events for a budget);
+* compositions of a pure epsilon0-DP mechanism: :func:`pure_dp_composition_epsilon`;
+* the PLD memory guard: :data:`PLD_MAX_POINTS`, :func:`pld_points`, :func:`check_pld`.
+"""
 
 from __future__ import annotations
 
 import functools
+import math
 import warnings
+from collections.abc import Callable, Sequence
+from typing import Optional
 
+# ---------------------------------------------------------------------------------------------
+# DP-SGD (Opacus)
+
+#: the Opacus accountants DP-SGD may use
 ACCOUNTANTS = ("prv", "rdp", "gdp")
 
 
 def make_accountant(name: str):
+    """A fresh Opacus accountant ``name`` (one of :data:`ACCOUNTANTS`)."""
     from opacus.accountants import create_accountant
 
     if name not in ACCOUNTANTS:
@@ -33,6 +51,165 @@ def dpsgd_noise_multiplier(target_epsilon: float, delta: float, sample_rate: flo
 
 def dpsgd_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float,
                   accountant: str = "prv") -> float:
+    """Epsilon at ``delta`` of ``steps`` Poisson-subsampled Gaussian steps (Opacus)."""
     acc = make_accountant(accountant)
     acc.history = [(noise_multiplier, sample_rate, steps)]
     return float(acc.get_epsilon(delta=delta))
+
+
+# ---------------------------------------------------------------------------------------------
+# dp_accounting accountants and the PLD memory guard
+
+#: dp_accounting's PLD discretization of the privacy loss (its default)
+PLD_INTERVAL = 1e-4
+#: a composed PLD larger than this many points (8 bytes each, several copies in the FFT) is refused
+PLD_MAX_POINTS = 2e8
+
+
+def pld_points(noise_multiplier: float, steps: int) -> float:
+    """About how many points the PLD of ``steps`` composed Gaussians at ``noise_multiplier`` holds
+    (loss support ~ steps * (1/(2z^2) + 10/z), over the 1e-4 grid)."""
+    z = max(float(noise_multiplier), 1e-12)
+    return max(int(steps), 1) * (0.5 / z**2 + 10.0 / z) / PLD_INTERVAL
+
+
+def check_pld(noise_multiplier: float, steps: int, what: str) -> None:
+    """A near-noiseless budget (epsilon = 1e4: z ~ 0.05) would need a PLD of ~1e9 points: the
+    process was killed for memory after the teacher had trained. Refuse it in one line instead;
+    RDP (an upper bound as well, looser) handles any z."""
+    from bench.core.errors import BenchError
+
+    n = pld_points(noise_multiplier, steps)
+    if n > PLD_MAX_POINTS:
+        raise BenchError(f"{what}: noise multiplier {noise_multiplier:.3g} over {steps} compositions needs a PLD of "
+                         f"~{n:.1e} points (more memory than a machine has); set accountant: rdp for such a budget")
+
+
+def dp_accountant(name: str, relation: str = "add_remove", orders: Optional[Sequence[float]] = None):
+    """A fresh dp_accounting accountant: ``pld`` or ``rdp`` (``orders``: the RDP orders, None =
+    dp_accounting's defaults), for the neighbouring ``relation`` ``add_remove`` or ``replace``."""
+    from dp_accounting.pld.pld_privacy_accountant import PLDAccountant
+    from dp_accounting.privacy_accountant import NeighboringRelation
+    from dp_accounting.rdp.rdp_privacy_accountant import RdpAccountant
+
+    rel = {"add_remove": NeighboringRelation.ADD_OR_REMOVE_ONE, "replace": NeighboringRelation.REPLACE_ONE}[relation]
+    if name == "pld":
+        return PLDAccountant(neighboring_relation=rel)
+    if name == "rdp":
+        if orders is None:
+            return RdpAccountant(neighboring_relation=rel)
+        return RdpAccountant(list(orders), neighboring_relation=rel)
+    raise ValueError(f"accountant must be 'pld' or 'rdp', got {name!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Gaussian mechanisms
+
+
+def gaussian_epsilon(noise_multiplier: float, steps: int, delta: float, accountant: str = "pld") -> float:
+    """Epsilon of ``steps`` compositions of the Gaussian mechanism with std / L2-sensitivity =
+    ``noise_multiplier`` (dp_accounting; sensitivity-1 ``GaussianDpEvent``)."""
+    from dp_accounting import dp_event
+
+    if steps <= 0:
+        return 0.0
+    if accountant == "pld":
+        check_pld(noise_multiplier, steps, "PLD accountant")
+    acc = dp_accountant(accountant)
+    acc.compose(dp_event.GaussianDpEvent(noise_multiplier), int(steps))
+    return float(acc.get_epsilon(delta))
+
+
+def gaussian_rdp_epsilon(events: Sequence[tuple[float, int]], delta: float,
+                         orders: Optional[Sequence[float]] = None) -> float:
+    """Epsilon at ``delta`` of the composition of Gaussian mechanisms, ``events`` = [(noise
+    multiplier z = std / L2 sensitivity, count), ...], by dp_accounting's RDP accountant
+    (conversion: Canonne-Kamath-Steinke 2020, Prop. 12, as implemented there)."""
+    from dp_accounting import dp_event
+
+    acc = dp_accountant("rdp", orders=orders)
+    for z, count in events:
+        if count > 0:
+            acc.compose(dp_event.GaussianDpEvent(float(z)), int(count))
+    return float(acc.get_epsilon(delta))
+
+
+def max_gaussian_compositions(noise_multiplier: float, target_epsilon: float, delta: float,
+                              orders: Optional[Sequence[float]] = None, upper: int = 10**9) -> int:
+    """Largest T such that T self-compositions of the Gaussian mechanism with multiplier
+    ``noise_multiplier`` spend at most ``target_epsilon`` at ``delta`` (bisection on the library
+    RDP accountant; epsilon is monotone in T)."""
+    if gaussian_rdp_epsilon([(noise_multiplier, 1)], delta, orders) > target_epsilon:
+        return 0
+    lo, hi = 1, 2
+    while hi < upper and gaussian_rdp_epsilon([(noise_multiplier, hi)], delta, orders) <= target_epsilon:
+        lo, hi = hi, hi * 2
+    hi = min(hi, upper)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if gaussian_rdp_epsilon([(noise_multiplier, mid)], delta, orders) <= target_epsilon:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def calibrate_gaussian(target_epsilon: float, delta: float, steps: int, accountant: str = "pld") -> float:
+    """The smallest noise multiplier z (std / sensitivity) whose ``steps``-fold composition spends
+    at most ``target_epsilon`` at ``delta``, by dp_accounting's calibration (bisection on the
+    accountant, on the composed event itself). The bracket comes from the RDP accountant (fast;
+    RDP over-estimates epsilon, so its z is an upper end) and is refined with ``accountant``."""
+    from dp_accounting import dp_event
+    from dp_accounting import mechanism_calibration as mc
+
+    def event(z):
+        return dp_event.SelfComposedDpEvent(dp_event.GaussianDpEvent(z), int(steps))
+
+    z_rdp = mc.calibrate_dp_mechanism(lambda: dp_accountant("rdp"), event, target_epsilon, delta,
+                                      mc.LowerEndpointAndGuess(1e-3, 1.0), tol=1e-4)
+    if accountant == "rdp":
+        return float(z_rdp)
+    check_pld(0.5 * z_rdp, steps, f"target epsilon {target_epsilon:g} (PLD accountant)")
+    z = mc.calibrate_dp_mechanism(lambda: dp_accountant(accountant), event, target_epsilon, delta,
+                                  mc.ExplicitBracketInterval(0.5 * z_rdp, z_rdp), tol=1e-3 * z_rdp)
+    return float(z)
+
+
+def calibrate_gaussian_scale(make_events: Callable[[float], Sequence[tuple[float, int]]], target_epsilon: float,
+                             delta: float, lo: float = 1e-3, hi: float = 1e6, rel_tol: float = 1e-4) -> float:
+    """Smallest scale s (bisection in log space) with ``epsilon(make_events(s)) <= target_epsilon``
+    (:func:`gaussian_rdp_epsilon`); ``make_events(s)`` returns the Gaussian events of a run whose
+    noise grows with s."""
+    def eps(s):
+        return gaussian_rdp_epsilon(make_events(s), delta)
+
+    if eps(hi) > target_epsilon:
+        raise ValueError(f"no noise scale up to {hi} reaches epsilon {target_epsilon}")
+    while eps(lo) <= target_epsilon and lo > 1e-12:
+        lo /= 10
+    while hi / lo > 1 + rel_tol:
+        mid = math.sqrt(lo * hi)
+        if eps(mid) <= target_epsilon:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+# ---------------------------------------------------------------------------------------------
+# pure DP mechanisms
+
+
+def pure_dp_composition_epsilon(epsilon0: float, count: int, delta: float) -> float:
+    """Epsilon of ``count`` compositions of an epsilon0-DP mechanism (replace-one relation),
+    through the event that dominates every epsilon0-DP mechanism: binary randomized response with
+    keep probability e^eps0 / (e^eps0 + 1) (Kairouz, Oh & Viswanath 2015). dp_accounting RDP
+    accountant (PLD cannot hold hundreds of thousands of self-compositions in memory)."""
+    from dp_accounting import dp_event
+
+    if count <= 0:
+        return 0.0
+    acc = dp_accountant("rdp", "replace")
+    p = 2.0 / (math.exp(epsilon0) + 1.0)  # dp_accounting's noise parameter: prob. of a uniform draw
+    acc.compose(dp_event.RandomizedResponseDpEvent(p, 2), int(count))
+    return float(acc.get_epsilon(delta))

@@ -1,0 +1,22 @@
+"""Shared machinery of the defenses that train a student on data they did not read directly
+(``datalens``, ``pate``, ``vae-metric``; ``tldmi`` uses :func:`holdout` only).
+
+* :mod:`.student`: :func:`train_student` (epoch-selected student training with diagnostic
+  curves) and :func:`holdout` (a seeded train / selection split);
+* :mod:`.partition`: disjoint teacher shards (:func:`partition`, :func:`shard_capacity`,
+  :func:`row_universe`);
+* :mod:`.teachers`: stacked teacher discriminators (:class:`~.teachers.TeacherEnsemble`,
+  :class:`~.teachers.LinearTeacherEnsemble`) and their optimizer :func:`adam`;
+* :mod:`.gan`: the conditional DCGAN generator (architecture ``datalens-generator``);
+* :mod:`.aggregation`: TopAgg (top-k stochastic-sign votes, noisy sum, threshold).
+
+Privacy accounting is in :mod:`bench.lib.accounting`. The GAN and aggregation modules are
+imported on demand (``from bench.lib.synthetic.gan import ...``), so a defense that only trains a
+student does not load them.
+"""
+
+from bench.lib.synthetic.partition import partition, row_universe, shard_capacity
+from bench.lib.synthetic.student import holdout, train_student
+from bench.lib.synthetic.teachers import adam
+
+__all__ = ["adam", "holdout", "partition", "row_universe", "shard_capacity", "train_student"]

@@ -1,0 +1,208 @@
+"""Stacked teacher discriminators for PATE-style GANs (DataLens; reusable by G-PATE and others):
+N tiny class-conditional discriminators stored as stacked parameter tensors (leading dimension
+N) and trained with batched matmuls and one Adam, so thousands of teachers cost a few tensor ops.
+
+* :class:`TeacherEnsemble`: conditional MLP discriminators (DCGAN-style label conditioning,
+  optional batch normalisation and projection term);
+* :class:`LinearTeacherEnsemble`: class-conditional linear / maxout discriminators;
+* :func:`adam`: the optimizer both use (also PATE's stacked MLP teachers);
+* :func:`standardize`: per-image standardisation of a teacher's input.
+
+Both ensembles share one contract: ``logits(x, y, mask, sl)``, ``train_step(x, y, mask)`` (one
+GAN discriminator step of every teacher on its own shard) and ``image_grads(x, y, sl)`` (each
+teacher's gradient of the non-saturating generator loss w.r.t. the images: what TopAgg votes on).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+
+def adam(params, lr: float, beta1: float, weight_decay: float = 0.0):
+    """Adam (beta2 0.999, eps 1e-8 as TF's; decoupled weight decay when ``weight_decay`` > 0),
+    the fused CPU kernel when this torch has it (same update, several times faster on the stacked
+    teacher tensors)."""
+    cls = torch.optim.AdamW if weight_decay > 0 else torch.optim.Adam
+    kw = dict(lr=lr, betas=(beta1, 0.999), eps=1e-8, weight_decay=weight_decay)
+    try:
+        return cls(params, fused=True, **kw)
+    except (RuntimeError, TypeError):
+        return cls(params, **kw)
+
+
+class TeacherEnsemble:
+    """N conditional MLP discriminators, stored as stacked tensors (leading dimension N):
+    D_i(x, y) = w2_i . lrelu(BN_i(W1_i x + U1_i[y] + b1_i)) + u2_i[y] + b2_i, i.e. the one-hot label
+    concatenated to the input and to the hidden layer as in DCGAN's conditional discriminator,
+    with batch normalisation of the hidden layer computed over the batch being scored (real and
+    fake batches separately, training-mode statistics, as DataLens' TF discriminator does).
+    One Adam over the stacked tensors is N independent Adams (Adam is elementwise and the loss
+    is a sum over teachers). Initialisation N(0, 0.02) as DCGAN-tensorflow's ``linear``."""
+
+    def __init__(self, n: int, dim: int, num_classes: int, hidden: int, generator: torch.Generator,
+                 lr: float = 1e-3, beta1: float = 0.5, device="cpu", batch_norm: bool = False,
+                 input_norm: bool = True, projection: bool = True, weight_decay: float = 0.0):
+        def init(*shape):
+            return (torch.randn(*shape, generator=generator) * 0.02).to(device).requires_grad_(True)
+
+        def const(v, *shape):
+            return torch.full(shape, float(v), device=device, requires_grad=True)
+
+        self.n, self.dim, self.K, self.h, self.bn, self.input_norm = n, dim, num_classes, hidden, batch_norm, input_norm
+        self.W1 = init(n, dim, hidden)
+        self.U1 = init(n, num_classes, hidden)
+        self.b1 = const(0, n, 1, hidden)
+        self.gamma, self.beta = const(1, n, 1, hidden), const(0, n, 1, hidden)
+        self.w2 = init(n, hidden, 1)
+        self.E = init(n, num_classes, hidden)  # projection-discriminator class embedding
+        self.u2 = init(n, num_classes, 1)
+        self.b2 = const(0, n, 1, 1)
+        self.params = [self.W1, self.U1, self.b1, self.w2, self.u2, self.b2]
+        if projection:
+            self.params.append(self.E)
+        self.projection = projection
+        if batch_norm:
+            self.params += [self.gamma, self.beta]
+        self.opt = adam(self.params, lr, beta1, weight_decay)
+
+    @staticmethod
+    def _p(t: torch.Tensor, sl: slice) -> torch.Tensor:
+        # the full tensor itself when sl covers everything (a slice would cost a full-size
+        # zero-filled gradient buffer per backward)
+        return t if sl == slice(None) else t[sl]
+
+    def _norm(self, pre: torch.Tensor, mask: Optional[torch.Tensor], sl) -> torch.Tensor:
+        """Batch normalisation over dim 1 (masked rows excluded), per teacher and unit."""
+        if not self.bn:
+            return pre
+        if mask is None:
+            mean = pre.mean(1, keepdim=True)
+            var = pre.var(1, unbiased=False, keepdim=True)
+        else:
+            m = mask.unsqueeze(-1).to(pre.dtype)
+            cnt = m.sum(1, keepdim=True).clamp_min(1)
+            mean = (pre * m).sum(1, keepdim=True) / cnt
+            var = (((pre - mean) ** 2) * m).sum(1, keepdim=True) / cnt
+        return (pre - mean) / torch.sqrt(var + 1e-5) * self._p(self.gamma, sl) + self._p(self.beta, sl)
+
+    def _pre(self, x: torch.Tensor, y: torch.Tensor, sl) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: (n, M, dim) per teacher or (M, dim) shared; y: (n, M) or (M,) -> (n, M, h), y (n, M)."""
+        W1 = self._p(self.W1, sl)
+        n = W1.shape[0]
+        if self.input_norm:  # per-image standardisation: scores blind to global brightness/contrast
+            x = (x - x.mean(-1, keepdim=True)) / (x.std(-1, keepdim=True) + 1e-3)
+        xw = torch.matmul(x, W1) if x.dim() == 3 else torch.matmul(x.unsqueeze(0), W1)
+        if y.dim() == 1:
+            y = y.unsqueeze(0).expand(n, -1)
+        uy = torch.gather(self._p(self.U1, sl), 1, y.unsqueeze(-1).expand(-1, -1, self.h))
+        return xw + uy + self._p(self.b1, sl), y
+
+    def _head(self, pre: torch.Tensor, y: torch.Tensor, mask, sl) -> torch.Tensor:
+        h = F.leaky_relu(self._norm(pre, mask, sl), 0.2)
+        out = torch.matmul(h, self._p(self.w2, sl)).squeeze(-1)
+        if self.projection:  # + e_y . h (Miyato & Koyama 2018): a class-specific input gradient
+            out = out + (h * torch.gather(self._p(self.E, sl), 1, y.unsqueeze(-1).expand(-1, -1, self.h))).sum(-1)
+        return out + torch.gather(self._p(self.u2, sl).squeeze(-1), 1, y) + self._p(self.b2, sl).view(-1, 1)
+
+    def logits(self, x: torch.Tensor, y: torch.Tensor, mask: Optional[torch.Tensor] = None,
+               sl=slice(None)) -> torch.Tensor:
+        """Scores of one batch per teacher (batch statistics over that batch)."""
+        pre, y = self._pre(x, y, sl)
+        return self._head(pre, y, mask, sl)
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> float:
+        """One Adam step of every teacher on its standard GAN discriminator loss: masked mean BCE of
+        its real shard (label 1) and of its fakes (label 0). ``x`` (N, 2M, dim) holds each
+        teacher's M (padded) real rows, then its M fakes; ``y`` (N, M) the real labels (the fakes
+        are generated with the same labels); ``mask`` (N, M) the real rows that exist. One
+        batched matmul for both halves; batch statistics per half."""
+        self.opt.zero_grad(set_to_none=True)
+        M = y.shape[1]
+        m = mask.float()
+        cnt = m.sum(1).clamp_min(1)
+        pre, _ = self._pre(x, torch.cat([y, y], 1), slice(None))
+        lr_ = self._head(pre[:, :M], y, mask, slice(None))
+        lf = self._head(pre[:, M:], y, mask, slice(None))
+        per = ((F.softplus(-lr_) * m).sum(1) + (F.softplus(lf) * m).sum(1)) / cnt
+        loss = per.sum()
+        loss.backward()
+        self.opt.step()
+        return float(loss.detach()) / self.n
+
+    def image_grads(self, x: torch.Tensor, y: torch.Tensor, sl=slice(None)) -> torch.Tensor:
+        """g_i = -d L_G^(i) / d x_j for every teacher i (of ``sl``) and image j, with L_G^(i) the
+        mean over the B images of the non-saturating generator loss softplus(-D_i(x_j, y_j)),
+        the batch scored together (DataLens' ``img_grads``). x: (B, dim) shared, y: (B,) ->
+        (n, B, dim). Teacher parameters get no gradient."""
+        n = self._p(self.W1, sl).shape[0]
+        xi = x.detach().unsqueeze(0).expand(n, -1, -1).clone().requires_grad_(True)
+        with torch.enable_grad():
+            loss = F.softplus(-self.logits(xi, y, None, sl)).mean(1).sum()
+            (g,) = torch.autograd.grad(loss, xi)
+        return -g
+
+
+def standardize(x: torch.Tensor) -> torch.Tensor:
+    """Per-image standardisation over the last dimension (zero mean, unit variance)."""
+    mu = x.mean(-1, keepdim=True)
+    return (x - mu) / torch.sqrt(((x - mu) ** 2).mean(-1, keepdim=True) + 1e-6)
+
+
+class LinearTeacherEnsemble:
+    """N class-conditional linear discriminators: D_i(x, y) = V_i[:, y] . s(x) + c_i[y] (logistic
+    regression, one weight vector per class), or with ``pieces`` R > 1 maxout discriminators
+    D_i(x, y) = max_r (V_i[:, y, r] . s(x) + c_i[y, r]) (Goodfellow et al. 2013), whose input
+    gradient depends on the image through the active piece; s = per-image standardisation when
+    ``input_norm`` (the teacher is blind to a sample's global brightness and contrast, as DCGAN's
+    batch-normalised discriminators are to the fake batch's channel statistics). Stacked
+    tensors, one Adam (= N independent Adams). Trained with the GAN loss, a teacher's input
+    gradient for a class-y image points from the generator's class-y fakes towards its own real
+    class-y images."""
+
+    def __init__(self, n: int, dim: int, num_classes: int, generator: torch.Generator, lr: float = 1e-3,
+                 beta1: float = 0.5, device="cpu", input_norm: bool = False, weight_decay: float = 0.0,
+                 pieces: int = 1):
+        self.n, self.dim, self.K, self.input_norm, self.R = n, dim, num_classes, input_norm, int(pieces)
+        self.V = (torch.randn(n, dim, num_classes * self.R, generator=generator) * 0.02).to(device).requires_grad_(True)
+        self.c = torch.zeros(n, 1, num_classes * self.R, device=device, requires_grad=True)
+        self.params = [self.V, self.c]
+        self.opt = adam(self.params, lr, beta1, weight_decay)
+
+    def logits(self, x: torch.Tensor, y: torch.Tensor, mask=None, sl=slice(None)) -> torch.Tensor:
+        V = self.V if sl == slice(None) else self.V[sl]
+        c = self.c if sl == slice(None) else self.c[sl]
+        n = V.shape[0]
+        if self.input_norm:
+            x = standardize(x)
+        s = (torch.matmul(x, V) if x.dim() == 3 else torch.matmul(x.unsqueeze(0), V)) + c
+        if self.R > 1:  # maxout over the class's pieces
+            s = s.view(*s.shape[:2], self.K, self.R).amax(-1)
+        if y.dim() == 1:
+            y = y.unsqueeze(0).expand(n, -1)
+        return torch.gather(s, 2, y.unsqueeze(-1)).squeeze(-1)
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> float:
+        """Same contract as :meth:`TeacherEnsemble.train_step`."""
+        self.opt.zero_grad(set_to_none=True)
+        M = y.shape[1]
+        m = mask.float()
+        cnt = m.sum(1).clamp_min(1)
+        logit = self.logits(x, torch.cat([y, y], 1))
+        per = ((F.softplus(-logit[:, :M]) * m).sum(1) + (F.softplus(logit[:, M:]) * m).sum(1)) / cnt
+        loss = per.sum()
+        loss.backward()
+        self.opt.step()
+        return float(loss.detach()) / self.n
+
+    def image_grads(self, x: torch.Tensor, y: torch.Tensor, sl=slice(None)) -> torch.Tensor:
+        """-d mean_j softplus(-D_i(x_j, y_j)) / d x_j for every teacher i of ``sl`` -> (n, B, dim)."""
+        V = self.V if sl == slice(None) else self.V[sl]
+        n = V.shape[0]
+        xi = x.detach().unsqueeze(0).expand(n, -1, -1).clone().requires_grad_(True)
+        with torch.enable_grad():
+            loss = F.softplus(-self.logits(xi, y, None, sl)).mean(1).sum()
+            (g,) = torch.autograd.grad(loss, xi)
+        return -g
