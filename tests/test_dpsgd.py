@@ -10,7 +10,7 @@ import torch
 
 from bench.core.cache import Cache
 from bench.core.config import make_config
-from bench.harness.runner import CellContext, Env
+from bench.harness.context import CellContext, Env
 from bench.lib.accounting import dpsgd_epsilon
 from bench.lib.tasks import build_task
 from defenses.dpsgd import DPSGD, DPSGDConfig
