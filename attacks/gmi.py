@@ -21,14 +21,10 @@ import torch
 import torch.nn.functional as F
 
 from bench.api import Attack, AttackResult, BenchError, register_attack
-from bench.lib.inversion import (
-    WGANConfig,
-    common_eval_kwargs,
-    evaluate_inversion,
-    freeze,
-    resolve,
-    wgan_prior,
-)
+from bench.lib.inversion.common import freeze
+from bench.lib.inversion.evaluate import common_eval_kwargs, evaluate_inversion
+from bench.lib.inversion.judge import EvaluatorConfig
+from bench.lib.inversion.prior_wgan import WGANConfig, wgan_prior
 
 
 @dataclass
@@ -44,16 +40,15 @@ class GMIConfig:
     restarts: int = 5
     #: z is clamped to [-clip, clip] after every step
     clip: float = 1.0
-    #: the WGAN-GP prior (see attacks/_inversion.py WGANConfig): z_dim, dim, epochs, ...
-    gan: dict = field(default_factory=dict)
-    #: overrides of the judge's config (shared by all attacks: change with care)
-    evaluator: dict = field(default_factory=dict)
+    #: the WGAN-GP prior (bench.lib.inversion.prior_wgan.WGANConfig): z_dim, dim, epochs, ...
+    gan: WGANConfig = field(default_factory=WGANConfig)
+    #: the judge (bench.lib.inversion.judge.EvaluatorConfig; shared by all attacks: change with care)
+    evaluator: EvaluatorConfig = field(default_factory=EvaluatorConfig)
     lpips: bool = True
     #: cap on private members used for KNN / FID / LPIPS (0 = all)
     max_private: int = 0
 
     def validate(self):
-        resolve(WGANConfig, self.gan, "attacks.gmi.gan")
         if self.iterations < 0 or self.restarts <= 0 or self.lr <= 0:
             raise BenchError("attacks.gmi: iterations >= 0, restarts > 0 and lr > 0 are required")
 

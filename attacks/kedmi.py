@@ -22,15 +22,11 @@ import torch
 import torch.nn.functional as F
 
 from bench.api import Attack, AttackResult, BenchError, register_attack
-from bench.lib.inversion import (
-    KEDMIGANConfig,
-    common_eval_kwargs,
-    evaluate_inversion,
-    freeze,
-    kedmi_gan,
-    kplus1_prior,
-    resolve,
-)
+from bench.lib.inversion.common import freeze
+from bench.lib.inversion.evaluate import common_eval_kwargs, evaluate_inversion
+from bench.lib.inversion.judge import EvaluatorConfig
+from bench.lib.inversion.nets import kplus1_prior
+from bench.lib.inversion.prior_kedmi import KEDMIGANConfig, kedmi_gan
 
 
 @dataclass
@@ -44,14 +40,13 @@ class KEDMIConfig:
     samples: int = 10
     #: independent distributions learned per class (official: 1)
     restarts: int = 1
-    #: the inversion-specific GAN (see attacks/_inversion.py KEDMIGANConfig)
-    gan: dict = field(default_factory=dict)
-    evaluator: dict = field(default_factory=dict)
+    #: the inversion-specific GAN (bench.lib.inversion.prior_kedmi.KEDMIGANConfig)
+    gan: KEDMIGANConfig = field(default_factory=KEDMIGANConfig)
+    evaluator: EvaluatorConfig = field(default_factory=EvaluatorConfig)
     lpips: bool = True
     max_private: int = 0
 
     def validate(self):
-        resolve(KEDMIGANConfig, self.gan, "attacks.kedmi.gan")
         if self.iterations < 0 or self.samples <= 0 or self.restarts <= 0 or self.lr <= 0:
             raise BenchError("attacks.kedmi: iterations >= 0, samples > 0, restarts > 0 and lr > 0 are required")
 

@@ -19,7 +19,9 @@ import torch
 import torch.nn.functional as F
 
 from bench.api import Attack, AttackResult, BenchError, register_attack
-from bench.lib.inversion import common_eval_kwargs, evaluate_inversion, freeze
+from bench.lib.inversion.common import freeze
+from bench.lib.inversion.evaluate import common_eval_kwargs, evaluate_inversion
+from bench.lib.inversion.judge import EvaluatorConfig
 
 
 @dataclass
@@ -36,7 +38,7 @@ class MIFaceConfig:
     tv: float = 0.0
     restarts: int = 5
     init_noise: float = 0.1
-    evaluator: dict = field(default_factory=dict)
+    evaluator: EvaluatorConfig = field(default_factory=EvaluatorConfig)
     lpips: bool = True
     max_private: int = 0
 

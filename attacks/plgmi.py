@@ -20,16 +20,10 @@ from dataclasses import dataclass, field
 import torch
 
 from bench.api import Attack, AttackResult, BenchError, register_attack
-from bench.lib.inversion import (
-    PLGGANConfig,
-    augment,
-    common_eval_kwargs,
-    evaluate_inversion,
-    freeze,
-    max_margin_loss,
-    plg_gan,
-    resolve,
-)
+from bench.lib.inversion.common import freeze, max_margin_loss, resolve
+from bench.lib.inversion.evaluate import common_eval_kwargs, evaluate_inversion
+from bench.lib.inversion.judge import EvaluatorConfig
+from bench.lib.inversion.prior_plgmi import PLGGANConfig, augment, plg_gan
 
 
 @dataclass
@@ -42,14 +36,13 @@ class PLGMIConfig:
     restarts: int = 5
     #: augmentations of G(z, y) per step, each scored by the target (official: 2)
     n_aug: int = 2
-    #: the conditional GAN and its pseudo-labels (see attacks/_inversion.py PLGGANConfig)
-    gan: dict = field(default_factory=dict)
-    evaluator: dict = field(default_factory=dict)
+    #: the conditional GAN and its pseudo-labels (bench.lib.inversion.prior_plgmi.PLGGANConfig)
+    gan: PLGGANConfig = field(default_factory=PLGGANConfig)
+    evaluator: EvaluatorConfig = field(default_factory=EvaluatorConfig)
     lpips: bool = True
     max_private: int = 0
 
     def validate(self):
-        resolve(PLGGANConfig, self.gan, "attacks.plgmi.gan")
         if self.iterations < 0 or self.restarts <= 0 or self.lr <= 0 or self.n_aug <= 0:
             raise BenchError("attacks.plgmi: iterations >= 0, restarts > 0, n_aug > 0 and lr > 0 are required")
 
@@ -66,8 +59,9 @@ class PLGMI(Attack):
     def run(self, ctx, release) -> AttackResult:
         c = self.config
         T = freeze(release.model).to(ctx.device)
-        G, ginfo = plg_gan(ctx, T, c.gan)
-        hflip = bool(resolve(PLGGANConfig, c.gan, "gan").hflip)
+        gan = resolve(PLGGANConfig, c.gan, "gan")  # a PLGGANConfig (or a mapping, config built by hand)
+        G, ginfo = plg_gan(ctx, T, gan)
+        hflip = bool(gan.hflip)
         K, R = ctx.task.num_classes, c.restarts
         y = torch.arange(K).repeat(R).to(ctx.device)
         gen = torch.Generator().manual_seed(ctx.seed * 7919 + 23)

@@ -77,10 +77,12 @@ def test_lpips_random_backbone_code_path():
 
 
 def test_lpips_without_backbone_weights_is_reported_not_downloaded(monkeypatch, tmp_path):
+    from bench.lib.inversion import metrics
+
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty-hub"))
-    monkeypatch.setattr(inv, "_LPIPS", {})
-    assert inv.alexnet_weights_path() is None
-    model, reason = inv.lpips_model()
+    monkeypatch.setattr(metrics, "_LPIPS", {})
+    assert metrics.alexnet_weights_path() is None
+    model, reason = metrics.lpips_model()
     assert model is None and "unavailable" in reason and "not in the torch hub cache" in reason
 
 
@@ -120,6 +122,117 @@ def test_augment_keeps_shape_range_and_gradient():
     assert out.shape == x.shape and float(out.min()) >= 0 and float(out.max()) <= 1
     out.sum().backward()
     assert x.grad is not None and float(x.grad.abs().sum()) > 0
+
+
+#: ``dataclasses.asdict(Cls())`` of each config as it was before the GAN configs got one base
+#: (GANConfig): the resolved defaults, hence every artifact key built from them, must not move
+DEFAULTS = {
+    "WGANConfig": {"z_dim": 100, "dim": 16, "epochs": 12, "batch_size": 64, "lr": 0.0002, "beta1": 0.5,
+                   "beta2": 0.999, "n_critic": 5, "gp_weight": 10.0},
+    "KEDMIGANConfig": {"z_dim": 100, "dim": 16, "epochs": 12, "batch_size": 64, "lr": 0.0002, "beta1": 0.5,
+                       "beta2": 0.999, "n_critic": 5, "entropy_weight": 0.0001, "mbd_kernels": 32, "mbd_dim": 8},
+    "PLGGANConfig": {"z_dim": 128, "dim": 16, "steps": 1500, "batch_size": 64, "lr": 0.0002, "beta1": 0.0,
+                     "beta2": 0.9, "n_dis": 5, "top_n": 200, "alpha": 0.2, "hflip": False},
+    "EvaluatorConfig": {"width": 16, "hidden": 128, "epochs": 4, "min_steps": 400, "batch_size": 128, "lr": 0.002,
+                        "seed": 0, "protocol": None},
+}
+
+
+@pytest.mark.parametrize("name", sorted(DEFAULTS))
+def test_config_defaults_are_unchanged(name):
+    import dataclasses
+
+    cls = getattr(inv, name)
+    assert dataclasses.asdict(cls()) == DEFAULTS[name]
+    assert dataclasses.asdict(inv.resolve(cls, None, "x")) == DEFAULTS[name]
+
+
+def test_gan_configs_share_one_base():
+    from bench.core.errors import BenchError
+
+    for cls in (inv.WGANConfig, inv.KEDMIGANConfig, inv.PLGGANConfig):
+        assert issubclass(cls, inv.GANConfig)
+        assert {"z_dim", "dim", "batch_size", "lr", "beta1", "beta2"} <= set(DEFAULTS[cls.__name__])
+    for cls, key in ((inv.WGANConfig, "epochs"), (inv.KEDMIGANConfig, "n_critic"), (inv.PLGGANConfig, "top_n"),
+                     (inv.PLGGANConfig, "dim")):
+        with pytest.raises(BenchError, match=f"gan.{key} must be positive"):
+            inv.resolve(cls, {key: 0}, "gan")
+    with pytest.raises(BenchError, match="unknown config key 'gp_weight'"):  # WGAN-only field
+        inv.resolve(inv.PLGGANConfig, {"gp_weight": 1.0}, "gan")
+    # a config instance passes through resolve (validated), so typed and mapping configs both work
+    cfg = inv.WGANConfig(dim=8)
+    assert inv.resolve(inv.WGANConfig, cfg, "gan") is cfg
+    with pytest.raises(BenchError, match="gan.dim must be positive"):
+        inv.resolve(inv.WGANConfig, inv.WGANConfig(dim=0), "gan")
+
+
+def test_artifact_builds_live_in_the_module_that_determines_them():
+    """The harness keys an artifact on the source of the module defining its ``build`` (and that
+    module's imports): the judge's and each prior's build are defined in their own module, and no
+    key carries a hand-made source hash."""
+    from bench.lib.tasks import build_task
+
+    task = build_task("digits", {"kind": "inversion", "members": 100, "val": 50, "nonmembers": 100}, 0)
+
+    class Recorded(Exception):
+        pass
+
+    class Ctx:
+        device = torch.device("cpu")
+        seed = 0
+
+        def __init__(self):
+            self.task, self.seen = task, []
+
+        def task_for(self, kind, seed=None, protocol=None):
+            return task
+
+        def artifact(self, kind, key, build):
+            self.seen.append((kind, key, build.__module__))
+            raise Recorded
+
+    target = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, task.num_classes))
+    ctx = Ctx()
+    for call in (lambda: inv.get_evaluator(ctx, None), lambda: inv.wgan_prior(ctx, None),
+                 lambda: inv.kedmi_gan(ctx, target, None), lambda: inv.plg_gan(ctx, target, None)):
+        with pytest.raises(Recorded):
+            call()
+    assert [(k, m) for k, _, m in ctx.seen] == [
+        ("inversion-evaluator", "bench.lib.inversion.judge"), ("gan-wgangp", "bench.lib.inversion.prior_wgan"),
+        ("gan-kedmi", "bench.lib.inversion.prior_kedmi"), ("gan-plgmi", "bench.lib.inversion.prior_plgmi")]
+    for _, key, _ in ctx.seen:
+        assert "code" not in key and key["version"] == inv.ARTIFACT_VERSION
+    assert not hasattr(inv, "source_hash")
+
+
+def test_attack_configs_nest_typed_gan_and_evaluator_configs():
+    """``gan`` / ``evaluator`` are typed nested configs: a mapping is validated at parse time with
+    a dotted path, the defaults are the library's, and ``evaluator.protocol`` keeps None (the
+    suite's own protocol) apart from ``{}`` (the dataset's default sizes)."""
+    import dataclasses
+
+    from attacks.gmi import GMIConfig
+    from attacks.kedmi import KEDMIConfig
+    from attacks.mi_face import MIFaceConfig
+    from attacks.plgmi import PLGMIConfig
+    from bench.core.config import make_config
+    from bench.core.errors import BenchError
+
+    for cls, gan in ((GMIConfig, inv.WGANConfig), (KEDMIConfig, inv.KEDMIGANConfig), (PLGMIConfig, inv.PLGGANConfig),
+                     (MIFaceConfig, None)):
+        cfg = make_config(cls, {}, "attacks.x")
+        assert cfg.evaluator == inv.EvaluatorConfig() and cfg.evaluator.protocol is None
+        assert inv.common_eval_kwargs(cfg)["evaluator"] is cfg.evaluator
+        if gan is not None:
+            assert type(cfg.gan) is gan and dataclasses.asdict(cfg.gan) == DEFAULTS[gan.__name__]
+            assert make_config(cls, {"gan": {"dim": "8"}}, "attacks.x").gan.dim == 8
+            with pytest.raises(BenchError, match=r"^attacks\.x\.gan\.dim: expected an integer"):
+                make_config(cls, {"gan": {"dim": "wide"}}, "attacks.x")
+    assert make_config(GMIConfig, {"evaluator": {"protocol": {}}}, "a").evaluator.protocol == {}
+    with pytest.raises(BenchError, match=r"^attacks\.gmi\.evaluator: unknown config key 'widht'"):
+        make_config(GMIConfig, {"evaluator": {"widht": 3}}, "attacks.gmi")
+    with pytest.raises(BenchError, match="gan.n_critic must be positive"):
+        make_config(KEDMIConfig, {"gan": {"n_critic": 0}}, "attacks.kedmi")
 
 
 def test_bad_gan_key_fails_at_suite_parse():
