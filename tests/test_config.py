@@ -180,6 +180,8 @@ def test_every_builtin_config_field_coerces_and_fails_as_before():
     for where, cls in _builtin_configs():
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
+            if dataclasses.is_dataclass(hints[f.name]):  # nested configs: the old coercer had none
+                continue
             for value in _samples(hints[f.name]):
                 values = {f.name: value}
                 old = _outcome(_old_make_config, cls, values, where)

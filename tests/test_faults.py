@@ -298,7 +298,7 @@ def _plant(path: Path, marker: Path) -> None:
 
 def test_planted_pickle_in_the_hub_cache_does_not_run(tmp_path, monkeypatch):
     pytest.importorskip("lpips")
-    from bench.lib import inversion as inv
+    from bench.lib.inversion import metrics as inv
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     import torch

@@ -41,7 +41,6 @@ from bench.lib.inversion.common import (
 from bench.lib.inversion.evaluate import common_eval_kwargs, evaluate_inversion
 from bench.lib.inversion.judge import EvalCNN, EvaluatorConfig, get_evaluator
 from bench.lib.inversion.metrics import (
-    _LPIPS,  # noqa: F401 - the old patch target of tests/test_faults.py (patch metrics._LPIPS instead)
     alexnet_weights_path,
     fid_from_features,
     knn_distance,
