@@ -90,6 +90,9 @@ class GenUtility(Attack):
 
     Config = GenUtilityConfig
     kind = "generator"
+    metrics = ("p1", "p2", "p3", "p4", "p1_minus_p2", "n_train", "n_test_real", "n_test_synthetic",
+               "synthetic_label_max_share", "attack_seconds")
+    summary = ()
     paper = "project protocol (utility matrix p1..p4 of generated data, p1 - p2)"
 
     def run(self, ctx, release) -> AttackResult:

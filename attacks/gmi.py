@@ -59,6 +59,10 @@ class GMI(Attack):
 
     Config = GMIConfig
     kind = "inversion"
+    metrics = ("top1", "top1_std", "top2", "top1_all", "top5_all", "top1_selected", "knn_dist", "fid", "lpips",
+               "target_acc", "eval_test_acc", "n_reconstructions",
+               "final_prior_loss", "final_iden_loss")
+    summary = ()
     paper = "Zhang, Jia, Pei, Wang, Li, Song: The Secret Revealer: Generative Model-Inversion Attacks, CVPR 2020"
 
     def run(self, ctx, release) -> AttackResult:

@@ -57,6 +57,10 @@ class KEDMI(Attack):
 
     Config = KEDMIConfig
     kind = "inversion"
+    metrics = ("top1", "top1_std", "top2", "top1_all", "top5_all", "top1_selected", "knn_dist", "fid", "lpips",
+               "target_acc", "eval_test_acc", "n_reconstructions",
+               "final_prior_loss", "final_iden_loss", "mean_sigma")
+    summary = ()
     paper = "Chen, Kahla, Jia, Qi: Knowledge-Enriched Distributional Model Inversion Attacks, ICCV 2021"
 
     def run(self, ctx, release) -> AttackResult:

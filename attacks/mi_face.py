@@ -57,6 +57,10 @@ class MIFace(Attack):
 
     Config = MIFaceConfig
     kind = "inversion"
+    metrics = ("top1", "top1_std", "top2", "top1_all", "top5_all", "top1_selected", "knn_dist", "fid", "lpips",
+               "target_acc", "eval_test_acc", "n_reconstructions",
+               "final_cost", "steps")
+    summary = ()
     paper = ("Fredrikson, Jha, Ristenpart: Model Inversion Attacks that Exploit Confidence Information and Basic "
              "Countermeasures, CCS 2015")
 

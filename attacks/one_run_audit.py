@@ -86,6 +86,10 @@ class OneRunAudit(Attack):
 
     Config = OneRunAuditConfig
     kind = "audit"
+    metrics = ("eps_lb", "eps_lb_max_certifiable", "m", "n_included", "guesses", "correct", "k_pos", "k_neg",
+               "n_guess_pairs", "audited_model_test_acc", "audited_model_epsilon", "canary_auc",
+               "canary_tpr_at_1%fpr", "attack_seconds")
+    summary = ()
     paper = "Steinke, Nasr, Jagielski: Privacy Auditing with One (1) Training Run, NeurIPS 2023"
 
     def run(self, ctx, release) -> AttackResult:

@@ -99,6 +99,10 @@ class OwnUnitAudit(Attack):
 
     Config = OwnUnitAuditConfig
     kind = "audit"
+    metrics = ("eps_lb_own_unit", "eps_lb_own_unit_max_certifiable", "eps_lb_own_unit_student",
+               "eps_lb_own_unit_student_max_certifiable", "m", "n_included", "guesses", "correct",
+               "audited_claimed_epsilon", "canary_auc", "canary_auc_student", "attack_seconds")
+    summary = ()
     paper = "Steinke, Nasr, Jagielski: Privacy Auditing with One (1) Training Run, NeurIPS 2023 (canaries in the query unit)"
 
     def run(self, ctx, release) -> AttackResult:

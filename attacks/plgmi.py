@@ -53,6 +53,10 @@ class PLGMI(Attack):
 
     Config = PLGMIConfig
     kind = "inversion"
+    metrics = ("top1", "top1_std", "top2", "top1_all", "top5_all", "top1_selected", "knn_dist", "fid", "lpips",
+               "target_acc", "eval_test_acc", "n_reconstructions",
+               "final_margin_loss")
+    summary = ()
     paper = ("Yuan, Chen, Zhang, Zhang, Yu, Zhang: Pseudo Label-Guided Model Inversion Attack via Conditional "
              "Generative Adversarial Network, AAAI 2023")
 

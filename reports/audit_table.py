@@ -62,7 +62,7 @@ def example_level_claims(run_dir) -> dict[tuple, float]:
     """{(dataset, defense, epsilon label): example-level epsilon} for releases whose own unit is
     not ``example`` but that record one (``privacy.extra["epsilon_example_level"]``; largest over
     seeds)."""
-    from reports.tables import open_run
+    from reports.frame import open_run
 
     store = open_run(run_dir)
     try:
@@ -83,7 +83,7 @@ def example_level_claims(run_dir) -> dict[tuple, float]:
 def _attack_artifacts(run_dir, metric: str) -> dict[tuple, list]:
     """{(dataset, defense, epsilon label): [the cached attack results of done cells whose attack
     reported ``metric``]}, each with its cell's seed, delta, privacy, config and artifact path."""
-    from reports.tables import open_run
+    from reports.frame import open_run
 
     store = open_run(run_dir)
     try:
@@ -188,7 +188,7 @@ def _comparison(unit: str, accountant: str, claimed: float, key: tuple, example_
 
 def audit_table(df: pd.DataFrame, example_claims: dict | None = None,
                 familywise: dict | None = None, familywise_own: dict | None = None) -> pd.DataFrame:
-    """The claimed-vs-audited table from a run's metrics frame (:func:`reports.tables.load_frame`).
+    """The claimed-vs-audited table from a run's metrics frame (:func:`reports.frame.load_frame`).
 
     Columns: :data:`AUDIT_COLUMNS`, then one ``eps_hat[<attack>]`` column per audit (largest over
     seeds, NaN where that attack did not run on the row). Rows without any bound are kept (their

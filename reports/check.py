@@ -31,7 +31,7 @@ import math
 from pathlib import Path
 
 from bench.core.errors import BenchError
-from reports.tables import load_frame, open_run
+from reports.frame import load_frame, open_run
 
 #: (source, metric) -> higher_is_worse; sources are matched for every attack of that kind
 GATED_UTILITY = {"test_acc": False}

@@ -7,7 +7,7 @@ section, and its link, only for what the run holds (no membership / inversion / 
 section for an attack kind that did not run).
 
     from reports.html import write_html
-    write_html(run_dir, out_dir, tables, images)   # called by reports.tables.write_report
+    write_html(run_dir, out_dir, tables, images)   # called by reports.write.write_report
 """
 
 from __future__ import annotations
@@ -223,7 +223,7 @@ SUMMARY_KEYS = ["dataset", "defense", "epsilon"]
 
 def write_html(run_dir: str | Path, out_dir: str | Path, *, summary: pd.DataFrame, tables: list,
                plots: list[Path], roc: list[Path], grids: list[Path], frame: pd.DataFrame) -> Path:
-    """Write ``out_dir/report.html``. ``tables``: :class:`reports.tables.Table` objects (accuracy,
+    """Write ``out_dir/report.html``. ``tables``: :class:`reports.frame.Table` objects (accuracy,
     study, and membership / inversion where such attacks ran); ``summary``: the summary display
     table; figure paths are embedded. A section (and its link) only for what the run holds."""
     out = Path(out_dir)

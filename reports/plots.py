@@ -3,9 +3,10 @@
 * ``accuracy_vs_eps_<dataset>.png``: test accuracy against the target ε, a line per defense with
   error bars = std over seeds; a non-private defense (ε = ∞) is a horizontal line with a band of
   ± one std (its own legend entry); y axis 0-100 %.
-* ``leakage_vs_eps_<dataset>.png``: one panel per attack - membership attacks their AUC (y axis
-  0.5-1 at least), inversion attacks the judge's top-1 attack accuracy (%, 0-100) - same layout;
-  only for a dataset where such an attack ran.
+* ``leakage_vs_eps_<dataset>.png``: one panel per attack - membership (and generator) attacks their
+  AUC (y axis 0.5-1 at least), inversion attacks the judge's top-1 attack accuracy (%, 0-100) - same
+  layout; only for a dataset where such an attack ran. An attack's kind is the one the run recorded
+  (:mod:`reports.kinds`).
 
 The ε axis is logarithmic when the grid spans more than a factor of 4. Epsilons are the cells'
 targets; each defense's privacy unit is in the legend, since equal ε in different units is not
@@ -21,13 +22,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from reports.tables import _defense_order
+from reports.frame import _defense_order
+from reports.kinds import frame_kinds
 
 #: which metric of an attack is plotted against ε: (metric, y label, chance level, scale, y range).
 #: The y range is kept (widened only to show every point), so a small spread of, say, AUC 0.50-0.56
 #: is drawn as small as it is, not stretched over the whole panel.
 LEAKAGE_METRICS = [("auc", "membership AUC", 0.5, 1.0, (0.5, 1.0)),
                    ("top1", "inversion attack acc top-1 (%)", None, 100.0, (0.0, 100.0))]
+#: the attack kinds whose panels plot each metric of :data:`LEAKAGE_METRICS`
+LEAKAGE_KINDS = {"auc": ("membership", "generator"), "top1": ("inversion",)}
 #: the y range of the accuracy curves (test accuracy, %)
 ACCURACY_RANGE = (0.0, 100.0)
 #: what the shaded band around a non-private (ε = ∞) line is, in the legend
@@ -130,9 +134,10 @@ def leakage_figure(df: pd.DataFrame, dataset: str):
     """The leakage-vs-ε figure of ``dataset``: a panel per attack that ran (membership AUC, inversion
     top-1 in %); None when no attack of these kinds ran on it."""
     d = df[df.dataset == dataset]
+    kinds = frame_kinds(df)
     panels = []
     for metric, label, chance, scale, yrange in LEAKAGE_METRICS:
-        for attack in sorted(d[d.metric == metric]["source"].unique()):
+        for attack in sorted(a for a in d[d.metric == metric]["source"].unique() if kinds.get(a) in LEAKAGE_KINDS[metric]):
             panels.append((attack, metric, label, chance, scale, yrange))
     if not panels:
         return None
@@ -156,7 +161,7 @@ def leakage_plot(df: pd.DataFrame, dataset: str, path: Path) -> Path | None:
 
 def write_plots(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
     """Accuracy-vs-ε and leakage-vs-ε figures, one of each per dataset of the run frame ``df``
-    (:func:`reports.tables.load_frame`)."""
+    (:func:`reports.frame.load_frame`)."""
     out = Path(out_dir)
     paths = []
     for ds in sorted(df.dataset.unique()):

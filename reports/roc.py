@@ -91,7 +91,7 @@ def load_run_curves(run_dir) -> dict[str, dict]:
     """Per finished cell: {"title": ..., "curves": {attack: (scores, labels)}} from the run's
     store and the cached attack arrays."""
     from reports.artifacts import cached_arrays
-    from reports.tables import open_run
+    from reports.frame import open_run
 
     store = open_run(run_dir)
     try:

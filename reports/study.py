@@ -6,10 +6,13 @@ accountant (``PrivacyReport.epsilon``, what tables compare); the epsilon of what
 actually **releases**, same unit (``extra["epsilon_released"]``; = the claim where the method
 records none); the **example-level** epsilon (``extra["epsilon_example_level"]``; = the claim for
 unit ``example``); the largest empirical lower bounds at the example level (membership attacks
-and ``one-run-audit``: metric ``eps_lb``) and in the claim's own unit (``own-unit-audit``); AUC and
-TPR at 1 % FPR of LiRA, RMIA and the loss-threshold attack where they ran; inversion attack
-accuracy (top-1) of every inversion attack that ran. Claims in different units sit in one column
-only with their unit written beside them: equal epsilon in different units is not equal privacy.
+and ``one-run-audit``: metric ``eps_lb``) and in the claim's own unit (``own-unit-audit``); the
+declared ``summary`` metrics (ε lower bounds aside: they are in the ε̂ columns) of every membership
+attack that declares some - AUC and TPR at 1 % FPR of LiRA, RMIA and the loss-threshold attack -
+the attacks that fit the most reference models first, then in the order of the suite; inversion
+attack accuracy (top-1) of every attack of kind inversion that ran. Kinds and summaries are what
+the run recorded (:mod:`reports.kinds`). Claims in different units sit in one column only with
+their unit written beside them: equal epsilon in different units is not equal privacy.
 """
 
 from __future__ import annotations
@@ -19,10 +22,32 @@ import math
 
 import pandas as pd
 
-from reports.tables import Table, _defense_order, _eps_num, _eps_text, _mean_std, metric_label, open_run
+from reports.frame import (
+    Table,
+    _defense_order,
+    _eps_num,
+    _eps_text,
+    _mean_std,
+    is_percent,
+    metric_label,
+    open_run,
+)
+from reports.kinds import attacks_of_kind, frame_summary
 
-MIA = ("lira", "rmia", "loss-threshold")
+#: the attack kinds whose declared summary metrics the study shows
+MEMBERSHIP_KINDS = ("membership",)
 OWN_UNIT = ("eps_lb_own_unit", "eps_lb_own_unit_student")
+
+
+def leakage_columns(df: pd.DataFrame) -> list[tuple[str, list[str]]]:
+    """[(attack, its summary metrics but the ε lower bounds)] of the membership attacks of ``df``
+    that declare a ``summary``: those that fit more reference models (the run's largest
+    ``n_references``) first, then in the order of the suite."""
+    summary = frame_summary(df)
+    mias = [a for a in attacks_of_kind(df, MEMBERSHIP_KINDS) if summary.get(a)]
+    refs = df[df.metric == "n_references"].groupby("source")["value"].max()
+    mias.sort(key=lambda a: -float(refs.get(a, 0.0)))
+    return [(a, [m for m in summary[a] if not m.startswith("eps_lb")]) for a in mias]
 
 
 def _extras(run_dir) -> dict:
@@ -57,8 +82,9 @@ def study_table(df: pd.DataFrame, run_dir) -> Table:
     order = {d: i for i, d in enumerate(_defense_order(df))}
     keys = sorted({(a, b, c) for a, b, c in zip(df.dataset, df.defense, df.epsilon)},
                   key=lambda k: (k[0], order[k[1]], _eps_num(k[2])))
-    mias = [a for a in MIA if a in set(df.source)]
-    inv = sorted(df.loc[df.metric == "top1", "source"].unique())
+    mias = leakage_columns(df)
+    inverting = set(attacks_of_kind(df, ("inversion",)))
+    inv = sorted(a for a in df.loc[df.metric == "top1", "source"].unique() if a in inverting)
     disp_rows, data_rows = [], []
     for ds, d, eps in keys:
         g = df[(df.dataset == ds) & (df.defense == d) & (df.epsilon == eps)]
@@ -86,10 +112,10 @@ def study_table(df: pd.DataFrame, run_dir) -> Table:
                 "test_acc_mean": m, "test_acc_std": s, "claimed_epsilon": claimed, "released_epsilon": released,
                 "example_level_epsilon": example, "eps_hat_example": float(ex_lb.max()) if len(ex_lb) else math.nan,
                 "eps_hat_own_unit": float(own_lb.max()) if len(own_lb) else math.nan}
-        for a in mias:
-            for met in ("auc", "tpr_at_1%fpr"):
+        for a, mets in mias:
+            for met in mets:
                 mm, ss, nn = _mean_std(g.loc[(g.source == a) & (g.metric == met), "value"])
-                pct = met != "auc"
+                pct = is_percent(met)
                 row[f"{a}: {metric_label(met)}"] = "—" if not nn else (f"{(100 if pct else 1) * mm:.{2 if pct else 3}f}"
                                                         + (f" ± {(100 if pct else 1) * ss:.{2 if pct else 3}f}"
                                                            if nn > 1 else ""))

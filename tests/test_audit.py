@@ -268,7 +268,7 @@ def _base_rows(dpsgd_rmia_eps_lb):
 
 def test_audit_table_columns_and_comparisons(tmp_path):
     from reports.audit_table import audit_table, example_level_claims
-    from reports.tables import load_frame
+    from reports.frame import load_frame
 
     run = _synthetic_run(tmp_path / "run", _base_rows(0.4))
     t = audit_table(load_frame(run), example_level_claims(run)).set_index("defense")
@@ -293,7 +293,7 @@ def test_audit_table_columns_and_comparisons(tmp_path):
 
 def test_audit_flag_in_report_and_check(tmp_path, cli):
     from reports.check import write_baseline
-    from reports.tables import write_report
+    from reports.write import write_report
 
     ok_run = _synthetic_run(tmp_path / "ok", _base_rows(0.4))
     bad_run = _synthetic_run(tmp_path / "bad", _base_rows(1.7))  # a 95 % bound above the claimed eps = 1

@@ -96,7 +96,7 @@ def make_run(run_dir: Path, *, dataset: str = "mnist", seeds=(0, 1), epsilons=(1
 
 
 def _report(run_dir):
-    from reports.tables import write_report
+    from reports.write import write_report
 
     paths = write_report(run_dir)
     return Path(run_dir) / "report", paths

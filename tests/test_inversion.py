@@ -420,7 +420,8 @@ def test_report_with_inversion_from_another_run(inversion_run, finished_run, tmp
     dataset, defense, eps, seed) and nothing else of RUN2 does; the grids come from RUN2."""
     import pandas as pd
 
-    from reports.tables import load_frame, write_report
+    from reports.frame import load_frame
+    from reports.write import write_report
 
     out = tmp_path / "rep"
     write_report(finished_run["out"], out, inversion_from=inversion_run["out"])

@@ -132,7 +132,7 @@ def test_end_to_end_through_the_runner(tmp_path):
     assert got[("dpsgd", "audited_model_epsilon")] == pytest.approx(1.0, abs=0.05)
     # the family-wise recomputation from the cached arrays reproduces the stored bound (K = 1 per row)
     from reports.audit_table import audit_table, familywise_bounds
-    from reports.tables import load_frame
+    from reports.frame import load_frame
 
     fw = familywise_bounds(tmp_path / "run")
     for d in ("none", "dpsgd"):

@@ -173,7 +173,7 @@ def audit_run(tmp_path_factory):
 def test_own_unit_audit_end_to_end(audit_run, cli, tmp_path):
     from reports.audit_table import audit_table, familywise_own_unit
     from reports.check import write_baseline
-    from reports.tables import load_frame
+    from reports.frame import load_frame
 
     out, res = audit_run
     assert res["done"] == 4, res
@@ -198,7 +198,7 @@ def test_own_unit_audit_end_to_end(audit_run, cli, tmp_path):
 def test_study_table_shows_the_three_figures(audit_run):
     """study.md: claimed, released and example-level epsilon per row, the own-unit bound beside
     them; the authors' scaling releases far more than it claims, the sound mechanism does not."""
-    from reports.tables import write_report
+    from reports.write import write_report
 
     out, _ = audit_run
     write_report(out)

@@ -32,7 +32,8 @@ def ray_session():
 
 def _table(run_dir):
     """The report's summary table and every stored number except wall-clock times."""
-    from reports.tables import display_table, load_frame, summary_table
+    from reports.frame import load_frame
+    from reports.tables import display_table, summary_table
 
     disp = display_table(summary_table(load_frame(run_dir)))
     values = {k: v for k, v in metric_table(run_dir).items() if not k[-1].endswith("_seconds")}

@@ -94,7 +94,7 @@ def wide_run(run_dir: Path, *, dataset: str = "mnist", membership: bool = True, 
 
 
 def _report(run_dir: Path) -> Path:
-    from reports.tables import write_report
+    from reports.write import write_report
 
     write_report(run_dir)
     return run_dir / "report"
@@ -200,7 +200,8 @@ def test_no_leakage_plot_without_a_leakage_attack(tmp_path):
 # ------------------------------------------------------------------------------------------------
 
 def test_official_test_split_only_for_datasets_that_have_one(tmp_path):
-    from reports.tables import accuracy_table, load_frame
+    from reports.frame import load_frame
+    from reports.tables import accuracy_table
 
     digits = accuracy_table(load_frame(wide_run(tmp_path / "d", dataset="digits", membership=False,
                                                 inversion=False, audits=False, seeds=(0,))))
@@ -217,7 +218,8 @@ def test_official_test_split_only_for_datasets_that_have_one(tmp_path):
 
 
 def test_accuracy_heading_promises_published_numbers_only_when_there_are_some(tmp_path):
-    from reports.tables import accuracy_table, load_frame
+    from reports.frame import load_frame
+    from reports.tables import accuracy_table
 
     # digits: no published numbers at all; mnist at eps=1: the DPSD paper's
     digits = accuracy_table(load_frame(wide_run(tmp_path / "d", dataset="digits", membership=False,
@@ -252,8 +254,8 @@ def _drawn_figures(monkeypatch) -> list:
 def test_leakage_plot_names_its_band_and_keeps_the_auc_axis(tmp_path, monkeypatch):
     """AUCs of 0.50-0.56 over seeds: the y axis still spans 0.5-1 (a 6-point spread is drawn as
     small as it is), and the ± 1 std band of the non-private line has a legend entry."""
+    from reports.frame import load_frame
     from reports.plots import leakage_plot
-    from reports.tables import load_frame
 
     df = load_frame(wide_run(tmp_path / "run", membership=True, inversion=True, audits=False))
     saved = _drawn_figures(monkeypatch)
@@ -341,7 +343,8 @@ def test_every_column_is_readable_at_1280_px_and_in_print(browser, wide, tmp_pat
     """As wide as the real study (over 80 summary columns): at a 1280-px window: no table wider
     than its box, no clipped cell, every summary column present; again with print media at the
     width of an A4 landscape page. Screenshot: tmp_path/report-1280.png."""
-    from reports.tables import display_table, load_frame, summary_table
+    from reports.frame import load_frame
+    from reports.tables import display_table, summary_table
 
     run, out = wide
     browser.set_window_size(1280, 1000)

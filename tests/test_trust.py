@@ -161,7 +161,7 @@ def test_loss_threshold_reports_an_epsilon_bound(finished_run):
     """Every DP row of a run gets an eps_hat: the loss-threshold attack reports eps_lb (failed
     before: quickstart's audit table was all '—')."""
     from reports.audit_table import audit_table, example_level_claims
-    from reports.tables import load_frame
+    from reports.frame import load_frame
 
     df = load_frame(finished_run["out"])
     lt = df[(df.source == "loss-threshold")]
