@@ -69,7 +69,7 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_report(args) -> int:
-    from reports.tables import write_report
+    from reports.write import write_report
 
     paths = write_report(args.run_dir, args.out, inversion_from=args.inversion_from)
     for p in paths:

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -130,11 +131,13 @@ def test_plugin_methods_run_through_the_runner(e2e, tmp_path, suite_file, monkey
 
     site = _plugin_site(e2e)
     monkeypatch.syspath_prepend(str(site))
-    eps = {ep.name: ep for group in ("bench.defenses", "bench.attacks") for ep in entry_points(group=group)
-           if ep.name.startswith("spine-plugin")}
-    assert set(eps) == {"spine-plugin-defense", "spine-plugin-attack", "spine-plugin-broken"}
-    eps["spine-plugin-defense"].load()
-    eps["spine-plugin-attack"].load()
+    eps = {ep.name: ep for group in ("bench.defenses", "bench.attacks", "bench.datasets")
+           for ep in entry_points(group=group) if ep.name.startswith("spine-plugin")}
+    assert set(eps) == {"spine-plugin-defense", "spine-plugin-attack", "spine-plugin-broken", "spine-plugin-bars",
+                        "spine-plugin-inversion", "spine-plugin-fidelity", "spine-plugin-audit"}
+    for name, ep in eps.items():
+        if name != "spine-plugin-broken":
+            ep.load()
     with pytest.raises(RuntimeError, match="deliberately broken"):
         eps["spine-plugin-broken"].load()
     assert registry.get_defense("spine-plugin-defense").privacy_unit == "label"
@@ -150,6 +153,52 @@ def test_plugin_methods_run_through_the_runner(e2e, tmp_path, suite_file, monkey
     cell = store_rows(out, "SELECT * FROM cells")[0]
     assert cell["defense"] == "spine-plugin-defense" and cell["epsilon"] == 1.0
     assert json.loads(cell["privacy"])["unit"] == "label"
+
+
+def test_plugin_dataset_and_an_attack_of_each_kind_run_and_report(e2e, tmp_path, suite_file, monkeypatch):
+    """Issue 16's extension contract: a dataset, a defense and an attack of every kind, each one new
+    file with one decorator in a separate package (tests/plugin_pkg), found through entry points,
+    run through a smoke-sized suite and reported, with no change to the harness or the reports."""
+    from importlib.metadata import entry_points
+
+    from bench.core import registry
+    from bench.harness.runner import run_suite
+    from bench.harness.suite import load_suite
+    from reports.write import write_report
+
+    site = _plugin_site(e2e)
+    monkeypatch.syspath_prepend(str(site))
+    for group in ("bench.defenses", "bench.attacks", "bench.datasets"):
+        for ep in entry_points(group=group):
+            if ep.name.startswith("spine-plugin") and ep.name != "spine-plugin-broken":
+                ep.load()
+    kinds = {n: registry.get_attack(n).kind for n in ("spine-plugin-attack", "spine-plugin-inversion",
+                                                       "spine-plugin-fidelity", "spine-plugin-audit")}
+    assert sorted(kinds.values()) == ["audit", "generator", "inversion", "membership"]
+    protocol = {"members": 200, "val": 100, "nonmembers": 200}
+    suite = suite_file(seeds=[0], datasets={"spine-plugin-bars": {"protocol": protocol,
+                                                                   "inversion": {"members": 150, "val": 50,
+                                                                                 "nonmembers": 100}}},
+                       defenses={"spine-plugin-defense": {"epochs": 3},
+                                 "vae-metric": {"vae_epochs": 2, "student_epochs": 1, "hidden": 32}},
+                       attacks={a: {} for a in kinds})
+    out = tmp_path / "out"
+    res = run_suite(load_suite(str(suite)), out, cache_dir=tmp_path / "c", echo=lambda m: None, progress=False)
+    assert res["done"] == 2 and res["failed"] == 0, store_rows(out, "SELECT error FROM cells")
+    recorded = {(r["name"], r["kind"]) for r in store_rows(out, "SELECT name, kind FROM attacks")}
+    assert recorded == set(kinds.items())
+    m = {(r["defense"], r["source"], r["name"]): r["value"] for r in store_rows(
+        out, "SELECT c.defense, m.source, m.name, m.value FROM metrics m JOIN cells c USING (cell_key)")}
+    assert 0.0 <= m[("spine-plugin-defense", "spine-plugin-attack", "auc")] <= 1.0
+    assert 0.0 <= m[("spine-plugin-defense", "spine-plugin-inversion", "top1")] <= 1.0
+    assert m[("spine-plugin-defense", "spine-plugin-audit", "eps_lb")] >= 0.0
+    assert ("spine-plugin-defense", "spine-plugin-fidelity", "mean_confidence") not in m  # no generator: skipped
+    assert 0.25 <= m[("vae-metric", "spine-plugin-fidelity", "mean_confidence")] <= 1.0
+    files = write_report(out, tmp_path / "report")
+    text = "\n".join(p.read_text() for p in files if p.suffix == ".md")
+    for attack, metric in (("spine-plugin-attack", "AUC"), ("spine-plugin-inversion", "top-1"),
+                           ("spine-plugin-fidelity", "mean_confidence"), ("spine-plugin-audit", "ε̂")):
+        assert re.search(re.escape(attack) + r": [^|\n]*" + re.escape(metric), text), (attack, metric, text[:3000])
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """``spine-plugin-fidelity``: do a released generator's samples carry their labels? (test plugin)
 
-Samples n labelled images from the release's ``generator`` and reports the fraction the released
-classifier assigns to the sampled label; a release without a generator is skipped.
+Samples n images from the release's ``generator`` and reports the released classifier's mean
+top-class probability on them (``mean_confidence``) and, for a conditional generator, the fraction
+it assigns to the sampled label (``label_agreement``); a release without a generator is skipped.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ class PluginFidelity(Attack):
 
     Config = PluginFidelityConfig
     kind = "generator"
-    metrics = ("label_agreement", "n_synthetic")
-    summary = ("label_agreement",)
+    metrics = ("mean_confidence", "label_agreement", "n_synthetic")
+    summary = ("mean_confidence",)
 
     def run(self, ctx, release) -> AttackResult:
         g = generator_of(release)
@@ -33,5 +34,7 @@ class PluginFidelity(Attack):
             return skipped(ctx, "spine-plugin-fidelity", release)
         synth = sample_synthetic(g, self.config.n, ctx.seed)
         logits = predict_logits(release.model, synth.x, ctx.device)
-        agree = float((logits.argmax(1) == synth.y).float().mean()) if int(synth.y.min()) >= 0 else float("nan")
-        return AttackResult({"label_agreement": agree, "n_synthetic": float(len(synth))})
+        out = {"mean_confidence": float(logits.softmax(1).max(1).values.mean()), "n_synthetic": float(len(synth))}
+        if int(synth.y.min()) >= 0:  # conditional: the sampled labels are known
+            out["label_agreement"] = float((logits.argmax(1) == synth.y).float().mean())
+        return AttackResult(out)
