@@ -217,7 +217,8 @@ def _run_meta(run_dir: str | Path) -> tuple[str, list[dict]]:
 
 #: the columns that name a row of each table (repeated in every part of a split table)
 TABLE_KEYS = {"accuracy": ["method"], "study": ["dataset", "defense", "ε target"],
-              "membership": ["dataset", "defense", "ε", "attack"], "inversion": ["dataset", "defense", "ε", "attack"]}
+              "membership": ["dataset", "defense", "ε", "attack"], "inversion": ["dataset", "defense", "ε", "attack"],
+              "timing": ["defense"], "timing-attacks": ["defense"]}
 SUMMARY_KEYS = ["dataset", "defense", "epsilon"]
 
 
@@ -269,6 +270,9 @@ def write_html(run_dir: str | Path, out_dir: str | Path, *, summary: pd.DataFram
         body.append(_figures(combined))
         if cells:
             body.append(f"<details><summary>{len(cells)} per-cell grid(s)</summary>{_figures(cells)}</details>")
+    for name, nav_title in (("timing", "timing"), ("timing-attacks", "attack timing")):
+        if name in by and len(by[name].display):
+            table(name, nav_title, by[name])
     if failed:
         section("failed", "cells not done", "Cells not done")
         body[-1] = body[-1].replace("<h2 ", '<h2 class="fail" ', 1)

@@ -24,6 +24,7 @@ from reports.kinds import frame_kinds
 from reports.plots import render_figures
 from reports.study import study_table
 from reports.tables import display_table, long_table, paper_tables, summary_table
+from reports.timing import timing_tables
 
 #: the files of the tables a run may not have (an attack kind that did not run)
 _OPTIONAL_TABLES = ("membership", "inversion")
@@ -110,10 +111,10 @@ def _write_report(run_dir: str | Path, out: Path, df: pd.DataFrame, inversion_fr
     tex.write_text(latex(disp, caption="Every metric, mean ± std over seeds"))
     paths.append(tex)
     # paper-style tables, each as .md/.tex/.csv; none for an attack kind that did not run
-    tables = paper_tables(df) + [study_table(df, run_dir)]
+    tables = paper_tables(df) + [study_table(df, run_dir)] + timing_tables(run_dir, df)
     for t in tables:
         paths += t.write(out)
-    for name in set(_OPTIONAL_TABLES) - {t.name for t in tables}:  # left over from an earlier report
+    for name in set(_OPTIONAL_TABLES + ("timing", "timing-attacks")) - {t.name for t in tables}:  # left over from an earlier report
         for ext in ("md", "tex", "csv"):
             (out / f"{name}.{ext}").unlink(missing_ok=True)
     # curves, ROC per cell, combined inversion grids (captions) and per-cell mosaics

@@ -68,5 +68,8 @@ class CellRecord:
     metrics: tuple[tuple[str, str, float], ...] = ()
     artifacts: tuple[tuple[str, str, str, str], ...] = ()
     attacks: tuple[tuple[str, str, str], ...] = ()
+    #: (stage, name, wall, cpu, self_wall, self_cpu, cached) per timed stage, in completion order
+    #: (bench/harness/timing.py)
+    timings: tuple[tuple, ...] = ()
     started: Optional[float] = None
     extra: dict[str, Any] = field(default_factory=dict)

@@ -2,7 +2,8 @@
 
 Tables: ``runs`` (one row per ``bench run`` invocation), ``cells`` (one row per grid cell, with
 its full resolved config, split, privacy claim, status, traceback if it failed, wall time,
-device and provenance), ``metrics`` (one row per number) and ``artifacts`` (cache keys and
+device and provenance), ``metrics`` (one row per number), ``attacks`` (each attack's method and
+kind), ``timings`` (wall and CPU seconds per stage of the cell) and ``artifacts`` (cache keys and
 files a cell produced). A finished cell is written in a single transaction, so a killed run
 leaves either the whole cell or nothing. WAL mode plus a busy timeout lets several
 ``bench run`` processes (or ``--jobs`` workers) share one store safely.
@@ -38,6 +39,9 @@ CREATE TABLE IF NOT EXISTS metrics (
   cell_key TEXT, source TEXT, name TEXT, value REAL, PRIMARY KEY (cell_key, source, name));
 CREATE TABLE IF NOT EXISTS attacks (
   cell_key TEXT, name TEXT, method TEXT, kind TEXT, PRIMARY KEY (cell_key, name));
+CREATE TABLE IF NOT EXISTS timings (
+  cell_key TEXT, seq INTEGER, stage TEXT, name TEXT, wall REAL, cpu REAL, self_wall REAL, self_cpu REAL,
+  cached INTEGER, PRIMARY KEY (cell_key, seq));
 CREATE TABLE IF NOT EXISTS artifacts (
   cell_key TEXT, name TEXT, kind TEXT, cache_key TEXT, path TEXT, PRIMARY KEY (cell_key, name));
 """
@@ -214,7 +218,7 @@ class Store:
         fields as keywords; ``cell`` may be a :class:`~bench.core.records.Cell` or its dict) with all
         its metrics, artifacts and attack kinds in one transaction."""
         if record is None:
-            for k in ("metrics", "artifacts", "attacks"):
+            for k in ("metrics", "artifacts", "attacks", "timings"):
                 fields[k] = tuple(fields.get(k, ()))
             record = CellRecord(**fields)
         r = record
@@ -223,6 +227,7 @@ class Store:
         with self.transaction() as c:
             c.execute("DELETE FROM metrics WHERE cell_key=?", (cell_key,))
             c.execute("DELETE FROM attacks WHERE cell_key=?", (cell_key,))
+            c.execute("DELETE FROM timings WHERE cell_key=?", (cell_key,))
             c.execute("DELETE FROM artifacts WHERE cell_key=?", (cell_key,))
             c.execute("INSERT OR REPLACE INTO cells VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                       (cell_key, r.run_id, cell["dataset"], _eps(cell["epsilon"]), cell["delta"],
@@ -234,6 +239,9 @@ class Store:
                           [(cell_key, s, n, float(v)) for s, n, v in metrics])
             c.executemany("INSERT OR REPLACE INTO attacks VALUES (?,?,?,?)",
                           [(cell_key, *a) for a in attacks])
+            c.executemany("INSERT OR REPLACE INTO timings VALUES (?,?,?,?,?,?,?,?,?)",
+                          [(cell_key, i, s, n, float(w), float(cp), float(sw), float(sc), int(bool(h)))
+                           for i, (s, n, w, cp, sw, sc, h) in enumerate(r.timings)])
             c.executemany("INSERT OR REPLACE INTO artifacts VALUES (?,?,?,?,?)",
                           [(cell_key, *a) for a in artifacts])
 
@@ -254,6 +262,11 @@ class Store:
 
     def metrics(self) -> list[dict]:
         return self.query("SELECT * FROM metrics")
+
+    def timings(self) -> list[dict]:
+        """Stage timings of the finished cells (empty for stores written before they were recorded)."""
+        return self.query("SELECT t.* FROM timings t JOIN cells c USING (cell_key) WHERE c.status = 'done' "
+                          "ORDER BY t.cell_key, t.seq")
 
     def runs(self) -> list[dict]:
         return self.query("SELECT * FROM runs ORDER BY started")

@@ -21,6 +21,7 @@ from bench.core.cache import Cache, digest
 from bench.core.config import config_dict, make_config
 from bench.harness.executors import make_executor
 from bench.harness.release_io import bundle_to_release, release_to_bundle
+from bench.harness.timing import StageClock
 from bench.harness.versioning import callable_version, code_version, data_version
 from bench.lib.tasks import Task, build_task
 from bench.lib.train import accuracy, seed_everything
@@ -50,8 +51,11 @@ class Env:
 
 class CellContext(Context):
     def __init__(self, env: Env, cache: Cache, task: Task, epsilon: float, delta: float, seed: int,
-                 logs: list[str], dataset_config: dict, tasks: dict, defense: str = "", defense_config=None):
+                 logs: list[str], dataset_config: dict, tasks: dict, defense: str = "", defense_config=None,
+                 clock: Optional[StageClock] = None):
         self.defense = defense
+        #: the cell's stage timings, shared by every context of the cell
+        self.clock = clock if clock is not None else StageClock()
         self.defense_config = defense_config or {}
         self.env = env
         self.cache = cache
@@ -63,6 +67,8 @@ class CellContext(Context):
         self.dataset_config = dataset_config
         self._logs = logs
         self._tasks = tasks
+        #: cache keys of the releases this cell loaded from the cache (not built)
+        self._hits: set[str] = set()
 
     @property
     def data_root(self) -> str:
@@ -87,13 +93,22 @@ class CellContext(Context):
                     epsilon: Optional[float] = None, seed: Optional[int] = None) -> Release:
         cls = registry.get_defense(name)
         cfg = config_dict(make_config(cls.Config, config or {}, f"defenses.{name}"))
-        rel, _, _ = fit_release(self, cls, cfg, task or self.task, self.epsilon if epsilon is None else epsilon,
-                                self.delta, self.seed if seed is None else seed)
+        with self.clock.stage("defense-fit", name) as frame:
+            rel, _, key = fit_release(self, cls, cfg, task or self.task, self.epsilon if epsilon is None else epsilon,
+                                      self.delta, self.seed if seed is None else seed)
+            frame["cached"] = key in self._hits
         return rel
 
     def fit_many(self, requests: list[FitRequest | dict]) -> list[Release]:
         jobs = [_fit_request(self, FitRequest.of(r)) for r in requests]
         todo = [j for j in jobs if not self.cache.contains("release", j["payload"])]
+        name = f"{requests[0]['defense'] if isinstance(requests[0], dict) else requests[0].defense} x{len(jobs)}" \
+            if requests else "none"
+        with self.clock.stage("references", name) as frame:
+            frame["cached"] = not todo
+            return self._fit_many(jobs, todo)
+
+    def _fit_many(self, jobs: list[dict], todo: list[dict]) -> list[Release]:
         # Ray: every reference model is a task (a cell blocked on them gives its CPU back to Ray);
         # not on CUDA, where Ray keeps a blocked task's GPU and nested GPU tasks could deadlock.
         ray_inner = self.env.executor == "ray" and not self.env.device.startswith("cuda")
@@ -118,7 +133,8 @@ class CellContext(Context):
 
     def artifact(self, kind: str, key: dict, build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         payload = {"key": key, "code": callable_version(build), "data": data_version(self.task.dataset)}
-        bundle, _ = self.cache.get_or_build(f"artifact-{kind}", payload, build, self.log)
+        with self.clock.stage("artifact", kind) as frame:
+            bundle, frame["cached"] = self.cache.get_or_build(f"artifact-{kind}", payload, build, self.log)
         return bundle
 
 
@@ -170,7 +186,7 @@ def fit_release(ctx: CellContext, cls: type, cfg: dict, task: Task, epsilon: flo
     def build():
         seed_everything(seed)
         sub = CellContext(ctx.env, ctx.cache, task, epsilon, delta, seed, ctx._logs, ctx.dataset_config,
-                          ctx._tasks, cls.name, cfg)
+                          ctx._tasks, cls.name, cfg, ctx.clock)
         t0 = time.time()
         rel = cls(make_config(cls.Config, cfg, f"defenses.{cls.name}")).fit(sub)
         fit_time = time.time() - t0
@@ -180,8 +196,11 @@ def fit_release(ctx: CellContext, cls: type, cfg: dict, task: Task, epsilon: flo
         rel.info.setdefault("fit_seconds", fit_time)
         return release_to_bundle(rel.to("cpu"), utility)
 
-    bundle, _ = ctx.cache.get_or_build("release", payload, build, ctx.log)
+    bundle, hit = ctx.cache.get_or_build("release", payload, build, ctx.log)
     rel, utility = bundle_to_release(bundle, ctx.device)
-    return rel, utility, digest(payload)
+    key = digest(payload)
+    if hit:
+        ctx._hits.add(key)
+    return rel, utility, key
 
 

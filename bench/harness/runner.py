@@ -31,6 +31,7 @@ from bench.harness.context import CellContext, Env, fit_release, get_task
 from bench.harness.executors import make_executor
 from bench.harness.release_io import bundle_to_result, result_to_bundle
 from bench.harness.suite import Suite
+from bench.harness.timing import StageClock
 from bench.harness.versioning import code_version, data_version
 from bench.lib.datasets.base import cache_root, data_root
 from bench.lib.tasks import build_task
@@ -81,16 +82,19 @@ def compute_cell(job: tuple[Cell, Env]) -> dict:
     artifacts: list[tuple[str, str, str, str]] = []
     attacks: list[tuple[str, str, str]] = []
     split = privacy = info = None
+    clock = StageClock()
     try:
         cache = Cache(env.cache_dir)
         tasks: dict = {}
         dcfg = {"protocol": cell.protocol, "inversion": cell.inversion}
         task = get_task(cell.dataset, cell.protocol, cell.seed, env.data_root, tasks)
         ctx = CellContext(env, cache, task, cell.epsilon, cell.delta, cell.seed, logs, dcfg, tasks,
-                          cell.defense, cell.defense_config)
+                          cell.defense, cell.defense_config, clock)
         dcls = registry.get_defense(cell.defense)
-        rel, utility, rkey = fit_release(ctx, dcls, cell.defense_config, task, cell.epsilon, cell.delta,
-                                         cell.seed)
+        with clock.stage("fit", cell.label) as frame:
+            rel, utility, rkey = fit_release(ctx, dcls, cell.defense_config, task, cell.epsilon, cell.delta,
+                                             cell.seed)
+            frame["cached"] = rkey in ctx._hits
         split = task.info
         privacy = rel.privacy.to_dict()
         info = {"release": rel.info, "logs": logs}
@@ -106,13 +110,15 @@ def compute_cell(job: tuple[Cell, Env]) -> dict:
             if acls.protocol() == "inversion":
                 if inv_rel is None:
                     itask = ctx.task_for("inversion")
-                    inv_rel, inv_util, ikey = fit_release(ctx, dcls, cell.defense_config, itask, cell.epsilon,
-                                                          cell.delta, cell.seed)
+                    with clock.stage("inversion-fit", cell.label) as frame:
+                        inv_rel, inv_util, ikey = fit_release(ctx, dcls, cell.defense_config, itask, cell.epsilon,
+                                                              cell.delta, cell.seed)
+                        frame["cached"] = ikey in ctx._hits
                     metrics += [("inversion-target", k, v) for k, v in inv_util.items()]
                     artifacts.append(("inversion-release", "release", ikey, str(cache.path("release", ikey))))
                 target, tkey, atask = inv_rel, ikey, itask
             actx = CellContext(env, cache, atask, cell.epsilon, cell.delta, cell.seed, logs, dcfg, tasks,
-                               cell.defense, cell.defense_config)
+                               cell.defense, cell.defense_config, clock)
             payload = {"kind": "attack", "attack": aname, "config": acfg, "release": tkey, "task": atask.fingerprint,
                        "seed": cell.seed, "code": code_version(acls),
                        "data": data_version(atask.dataset)}
@@ -122,7 +128,8 @@ def compute_cell(job: tuple[Cell, Env]) -> dict:
                 res = acls(make_config(acls.Config, acfg, f"attacks.{aname}")).run(actx, target)
                 return result_to_bundle(res)
 
-            bundle, _ = cache.get_or_build("attack", payload, build, logs.append)
+            with clock.stage("attack", aname) as frame:
+                bundle, frame["cached"] = cache.get_or_build("attack", payload, build, logs.append)
             res = bundle_to_result(bundle)
             akey = digest(payload)
             artifacts.append((f"attack:{aname}", "attack", akey, str(cache.path("attack", akey))))
@@ -139,9 +146,23 @@ def compute_cell(job: tuple[Cell, Env]) -> dict:
     record = CellRecord(cell_key=key, run_id=env.run_id, cell=cell, status=status, split=split, privacy=privacy,
                         info=info, error=error, wall_time=wall, device=env.device, prov=prov,
                         metrics=tuple(metrics), artifacts=tuple(artifacts), attacks=tuple(attacks),
+                        timings=tuple(t.as_tuple() for t in clock.records),
                         started=started)
     return {"cell": cell, "key": key, "status": status, "error": error, "metrics": metrics, "privacy": privacy,
             "wall": wall, "hits": cache.hits if cache else 0, "misses": cache.misses if cache else 0, "record": record}
+
+
+def _fmt_seconds(s: float) -> str:
+    s = int(round(s))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+def projected_left(elapsed: float, done: int, total: int) -> str:
+    """`` (about 3m20s left)``: the remaining cells at the mean pace of the cells done so far in
+    this invocation (cached cells make the pace look faster; every line updates it)."""
+    if done <= 0 or done >= total:
+        return ""
+    return f" (about {_fmt_seconds(elapsed / done * (total - done))} left)"
 
 
 def summary_line(r: dict) -> str:
@@ -230,8 +251,8 @@ def run_suite(suite: Suite, out: str | Path, *, jobs: int = 1, device: str = "cp
             bar.update(1)
             done += r["status"] == "done"
             failed += r["status"] != "done"
-            tqdm.write(f"[{i}/{len(todo)}] {summary_line(r)}", file=sys.stdout) if progress else echo(
-                f"[{i}/{len(todo)}] {summary_line(r)}")
+            line = f"[{i}/{len(todo)}] {summary_line(r)}{projected_left(time.time() - t0, i, len(todo))}"
+            tqdm.write(line, file=sys.stdout) if progress else echo(line)
         outcome = "failed" if failed else "done"
     except KeyboardInterrupt:
         outcome = "interrupted"
