@@ -11,7 +11,6 @@ import os
 import sys
 from pathlib import Path
 
-from bench.core import registry
 from bench.core.errors import BenchError, quiet_known_warnings
 
 
@@ -21,7 +20,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _cmd_list(args) -> int:
+    from bench.core.catalog import catalog  # read from the sources: no torch import
+
     what = args.what
+    found, errors = catalog() if what != "suites" else ({}, [])
     kinds = ["defenses", "attacks", "datasets", "suites"] if what == "all" else [what]
     for kind in kinds:
         if what == "all":
@@ -33,16 +35,15 @@ def _cmd_list(args) -> int:
                 _, data = load_suite_file(name)
                 print(f"  {name:<16} {str(data.get('description', '')).strip().splitlines()[0] if data.get('description') else ''}")
             continue
-        for name in registry.names(kind):
-            cls = registry.get(kind, name)
-            doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        for name in sorted(found[kind]):
+            e = found[kind][name]
             if kind == "defenses":
-                print(f"  {name:<16} unit={cls.privacy_unit:<8} {doc}")
+                print(f"  {name:<16} unit={e.tag:<8} {e.doc}")
             elif kind == "attacks":
-                print(f"  {name:<16} kind={cls.kind:<10} {doc}")
+                print(f"  {name:<16} kind={e.tag:<10} {e.doc}")
             else:
-                print(f"  {name:<16} {doc}")
-    for err in registry.plugin_errors():
+                print(f"  {name:<16} {e.doc}")
+    for err in errors:
         print(f"warning: {err}", file=sys.stderr)
     return 0
 

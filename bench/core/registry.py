@@ -82,6 +82,11 @@ def plugin_errors() -> list[str]:
     return list(_PLUGIN_ERRORS)
 
 
+def registered(kind: str) -> dict[str, type]:
+    """What is registered so far, without loading anything more."""
+    return dict(_REGISTRY[kind])
+
+
 def names(kind: str) -> list[str]:
     load_all()
     return sorted(_REGISTRY[kind])

@@ -22,7 +22,6 @@ from bench.core import registry
 from bench.core.config import config_dict, make_config
 from bench.core.errors import BenchError, suggest
 from bench.core.records import Cell
-from bench.lib.tasks import ProtocolConfig
 
 TOP_KEYS = {"name", "description", "datasets", "epsilons", "delta", "seeds", "defenses", "attacks"}
 
@@ -165,6 +164,8 @@ class Suite:
 
 
 def parse_suite(name: str, data: dict) -> Suite:
+    from bench.lib.tasks import ProtocolConfig  # here, not at the top: listing suites needs no torch
+
     unknown = [k for k in data if k not in TOP_KEYS]
     if unknown:
         raise BenchError(f"suite '{name}': unknown key '{unknown[0]}'{suggest(unknown[0], TOP_KEYS)}; "
