@@ -10,6 +10,7 @@ SIGINT to the process group of a ``--jobs 2`` run, SIGKILL of its driver, a plan
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import pickle
@@ -135,12 +136,15 @@ def test_full_disk_during_a_run_is_one_line(tmp_path, cli):
 
         real = store_mod.Store.record_cell
 
-        def fill_then_record(self, **kw):
+        def fill_then_record(self, record=None, /, **kw):
             with contextlib.suppress(OSError):
                 with open(mnt / "filler", "wb") as f:
                     while True:
                         f.write(b"\0" * 65536)
-            return real(self, **{**kw, "info": {"logs": ["x" * 100_000]}})
+            big = {"logs": ["x" * 100_000]}
+            if record is not None:  # the runner passes a CellRecord
+                return real(self, dataclasses.replace(record, info=big))
+            return real(self, **{**kw, "info": big})
 
         store_mod.Store.record_cell = fill_then_record
         try:
