@@ -48,21 +48,43 @@ def _cmd_list(args) -> int:
     return 0
 
 
+def _print_cells(name: str, cells) -> None:
+    print(f"suite '{name}': {len(cells)} cells (dry run, nothing trained)")
+    for c in cells:
+        eps = "inf" if math.isinf(c.epsilon) else f"{c.epsilon:g}"
+        print(f"  {c.dataset:<14} eps={eps:<6} delta={c.delta:g} {c.label:<12} seed={c.seed} "
+              f"attacks={','.join(c.attacks) or '-'}")
+
+
 def _cmd_run(args) -> int:
-    from bench.harness.runner import run_suite
-    from bench.harness.suite import load_suite
+    from bench.core.records import Cell
+    from bench.harness import memo
+    from bench.harness.suite import apply_overrides, load_suite_file
 
     if args.jobs < 1:
         raise BenchError(f"--jobs must be >= 1, got {args.jobs}")
-    suite = load_suite(args.suite, args.set)
-    if args.dry_run:
-        cells = suite.cells()
-        print(f"suite '{suite.name}': {len(cells)} cells (dry run, nothing trained)")
-        for c in cells:
-            eps = "inf" if math.isinf(c.epsilon) else f"{c.epsilon:g}"
-            print(f"  {c.dataset:<14} eps={eps:<6} delta={c.delta:g} {c.label:<12} seed={c.seed} "
-                  f"attacks={','.join(c.attacks) or '-'}")
+    name, data = load_suite_file(args.suite)
+    data = apply_overrides(data, args.set or [])
+    # a suite resolved before, with the same sources: its cells and keys without importing torch
+    plain = args.device == "cpu" and args.executor == "local" and not args.address
+    fp = memo.fingerprint(name, data) if plain else None
+    hit = memo.lookup(fp)
+    if hit is not None:
+        if args.dry_run:
+            _print_cells(hit["name"], [Cell.from_dict(c) for c in hit["cells"]])
+            return 0
+        if memo.rerun_if_done(hit, Path(args.out or Path("runs") / hit["name"]), list(sys.argv), data, args.jobs,
+                              args.device):
+            return 0
+    from bench.harness.runner import cell_key, run_suite
+    from bench.harness.suite import parse_suite
+
+    suite = parse_suite(name, data)
+    cells = suite.cells()
+    if args.dry_run:  # a dry run creates nothing, the memo included: it only reads one a run left
+        _print_cells(suite.name, cells)
         return 0
+    memo.remember(fp, suite.name, cells, [cell_key(c) for c in cells])
     out = Path(args.out or Path("runs") / suite.name)
     res = run_suite(suite, out, jobs=args.jobs, device=args.device, cache_dir=args.cache_dir,
                     data_dir=args.data_root, argv=sys.argv, executor=args.executor, address=args.address)

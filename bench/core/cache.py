@@ -16,7 +16,6 @@ import contextlib
 import fcntl
 import hashlib
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -30,27 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from bench.core.errors import BenchError
-
-
-def canonical(obj: Any) -> Any:
-    """JSON-able, order-independent form of a key payload."""
-    if isinstance(obj, dict):
-        return {str(k): canonical(v) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
-    if isinstance(obj, (list, tuple)):
-        return [canonical(v) for v in obj]
-    if isinstance(obj, float):
-        if math.isinf(obj):
-            return "inf" if obj > 0 else "-inf"
-        return float(repr(obj)) if not obj.is_integer() else obj
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating,)):
-        return canonical(float(obj))
-    return obj
-
-
-def digest(payload: Any) -> str:
-    return hashlib.sha256(json.dumps(canonical(payload), sort_keys=True).encode()).hexdigest()
+from bench.core.keys import canonical, digest  # noqa: F401 - re-exported: the cache's key function
 
 
 def _sha(path: Path) -> str:

@@ -35,12 +35,40 @@ class Entry:
     tag: str
 
 
-def _module_path(module: str) -> Optional[Path]:
+def module_file(name: str) -> Optional[str]:
+    """The source file of module ``name``, found on the file system without importing anything
+    (``importlib.util.find_spec`` of ``pkg.mod`` would import ``pkg``); None for a name that is not
+    a module (``pkg.module.Name``) or has no ``.py`` source."""
+    top, *rest = name.split(".")
     try:
-        spec = importlib.util.find_spec(module)
-    except (ImportError, ValueError):
+        spec = importlib.util.find_spec(top)
+    except (ImportError, AttributeError, ValueError):
         return None
-    return Path(spec.origin) if spec and spec.origin and spec.origin.endswith(".py") else None
+    if spec is None:
+        return None
+    if not rest:
+        return spec.origin if spec.origin and spec.origin.endswith(".py") else None
+    dirs = list(spec.submodule_search_locations or [])
+    for i, part in enumerate(rest):
+        last = i == len(rest) - 1
+        nxt = []
+        for d in dirs:
+            pkg = Path(d) / part
+            if (pkg / "__init__.py").is_file():
+                if last:
+                    return str(pkg / "__init__.py")
+                nxt.append(str(pkg))
+            elif last and (Path(d) / f"{part}.py").is_file():
+                return str(Path(d) / f"{part}.py")
+        if not nxt:
+            return None
+        dirs = nxt
+    return None
+
+
+def _module_path(module: str) -> Optional[Path]:
+    f = module_file(module)
+    return Path(f) if f else None
 
 
 def _literal(node) -> Optional[str]:
@@ -86,10 +114,10 @@ def scan(module: str) -> Optional[list[Entry]]:
 
 def _builtin_modules(kind: str) -> list[str]:
     pkg = _BUILTIN_PACKAGES[kind]
-    spec = importlib.util.find_spec(pkg)
+    init = module_file(pkg)
     mods = []
-    for loc in spec.submodule_search_locations or []:
-        for p in sorted(Path(loc).glob("*.py")):
+    for loc in [Path(init).parent] if init else []:
+        for p in sorted(loc.glob("*.py")):
             if not p.stem.startswith("_") and p.stem != "base":
                 mods.append(f"{pkg}.{p.stem}")
     return mods

@@ -74,10 +74,12 @@ def git_sha() -> Optional[str]:
         return None
 
 
-def provenance(device: str = "cpu") -> dict:
+def provenance(device: str = "cpu", torch_threads: bool = True) -> dict:
+    """Where a run ran. ``torch_threads=False``: leave torch's thread count out (a rerun that
+    trains nothing and so never imports torch)."""
     return {"git_sha": git_sha(), "versions": _versions(), "platform": platform.platform(),
             "machine": platform.machine(), "device": device, "cpu_count": os.cpu_count(),
-            "torch_threads": _torch_threads()}
+            "torch_threads": _torch_threads() if torch_threads else None}
 
 
 def _torch_threads():

@@ -15,14 +15,12 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
-import importlib.util
 import inspect
-from typing import Optional
 
 from bench import __version__
 from bench.core import registry
-from bench.core.cache import digest
-from bench.lib import tasks as _tasks
+from bench.core.catalog import module_file
+from bench.core.keys import digest
 
 #: packages whose modules are harness plumbing (prefix match) or exactly these modules
 _PLUMBING_PACKAGES = ("bench.core", "bench.harness")
@@ -44,14 +42,6 @@ def file_hash(path: str) -> str:
         except OSError:
             _FILE_HASHES[path] = "missing"
     return _FILE_HASHES[path]
-
-
-def module_file(name: str) -> Optional[str]:
-    try:
-        spec = importlib.util.find_spec(name)
-    except (ImportError, AttributeError, ValueError):  # "pkg.module.Name": a name, not a module
-        return None
-    return spec.origin if spec and spec.origin and spec.origin.endswith(".py") else None
 
 
 @functools.cache
@@ -100,7 +90,9 @@ def module_version(module: str) -> dict:
 def data_version(dataset: str) -> str:
     """The version of the code that loads and cuts ``dataset``: the registered dataset class's
     module and the task builder's, with their imports."""
-    mods = {_tasks.__name__, registry.get_dataset(dataset).__module__}
+    from bench.lib.tasks import build_task  # imported here: versioning itself stays torch-free
+
+    mods = {build_task.__module__, registry.get_dataset(dataset).__module__}
     return digest({m: module_version(m) for m in sorted(mods)})[:16]
 
 
