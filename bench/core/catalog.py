@@ -75,12 +75,26 @@ def _literal(node) -> Optional[str]:
     return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
 
 
+_SCANS: dict[tuple, Optional[list]] = {}
+
+
 def scan(module: str) -> Optional[list[Entry]]:
     """The registrations of ``module`` from its source, or None when the source does not say
-    enough (the caller imports the module instead)."""
+    enough (the caller imports the module instead). Memoised per file state (path, mtime, size)."""
     path = _module_path(module)
     if path is None:
         return None
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    key = (module, str(path), st.st_mtime_ns, st.st_size)
+    if key not in _SCANS:
+        _SCANS[key] = _scan(module, path)
+    return _SCANS[key]
+
+
+def _scan(module: str, path: Path) -> Optional[list[Entry]]:
     try:
         tree = ast.parse(path.read_text(encoding="utf-8"))
     except (OSError, SyntaxError, UnicodeDecodeError):

@@ -92,8 +92,30 @@ def names(kind: str) -> list[str]:
     return sorted(_REGISTRY[kind])
 
 
+_HINTS: dict[str, dict] = {}
+
+
+def _import_one(kind: str, name: str) -> None:
+    """Import only the module that registers ``name`` (found once per process by
+    :mod:`bench.core.catalog` in the sources), so that a suite naming three methods does not import
+    all of them. Only a hint: a name it does not place falls back to :func:`load_all`."""
+    if not _HINTS:
+        from bench.core.catalog import catalog
+
+        _HINTS.update(catalog()[0])
+    entry = _HINTS.get(kind, {}).get(name)
+    if entry is not None:
+        try:
+            importlib.import_module(entry.module)
+        except Exception:  # noqa: BLE001 - load_all reports a broken plugin the usual way
+            pass
+
+
 def get(kind: str, name: str) -> type:
-    load_all()
+    if name not in _REGISTRY[kind] and not _LOADED:
+        _import_one(kind, name)
+    if name not in _REGISTRY[kind]:
+        load_all()
     try:
         return _REGISTRY[kind][name]
     except KeyError:
