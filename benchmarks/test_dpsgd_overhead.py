@@ -29,7 +29,7 @@ def _setup(task, mode: str):
     return model, opt, crit, loader
 
 
-@pytest.mark.parametrize("mode", ["plain", "ghost", "hooks"])
+@pytest.mark.parametrize("mode", ["plain", "ghost", "hooks", "functorch", "ew"])
 def test_epoch_time(benchmark, mnist_task, mode):
     model, opt, crit, loader = _setup(mnist_task, mode)
     train_epoch(model, opt, crit, loader, "cpu")  # warm-up (allocator, hooks, thread pool)
