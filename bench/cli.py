@@ -20,10 +20,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _cmd_list(args) -> int:
+    from bench.core import registry
     from bench.core.catalog import catalog  # read from the sources: no torch import
 
     what = args.what
-    found, errors = catalog() if what != "suites" else ({}, [])
+    found, errors = catalog(registry.registered) if what != "suites" else ({}, [])
     kinds = ["defenses", "attacks", "datasets", "suites"] if what == "all" else [what]
     for kind in kinds:
         if what == "all":

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Optional
 
+#: the registry's kinds of methods (``bench.core.registry.KINDS`` is this tuple)
+KINDS = ("defenses", "attacks", "datasets")
 _DECORATORS = {"register_defense": "defenses", "register_attack": "attacks", "register_dataset": "datasets"}
 _ATTRIBUTE = {"defenses": ("privacy_unit", "none"), "attacks": ("kind", "membership"), "datasets": (None, None)}
 _BASES = {"defenses": {"Defense"}, "attacks": {"Attack"}, "datasets": {"Dataset"}}
@@ -137,25 +140,27 @@ def _builtin_modules(kind: str) -> list[str]:
     return mods
 
 
-def catalog() -> tuple[dict[str, dict[str, Entry]], list[str]]:
-    """({kind: {name: Entry}}, plugin errors) for the built-ins and the installed plugins."""
-    from bench.core import registry
+def catalog(registered: Callable[[str], dict[str, type]]) -> tuple[dict[str, dict[str, Entry]], list[str]]:
+    """({kind: {name: Entry}}, plugin errors) for the built-ins and the installed plugins.
+    ``registered(kind)``: what the registry holds (``bench.core.registry.registered``), read for the
+    modules that had to be imported (passed in, so that this module does not import the registry,
+    which imports it)."""
+    found: dict[str, dict[str, Entry]] = {k: {} for k in KINDS}
 
-    found: dict[str, dict[str, Entry]] = {k: {} for k in registry.KINDS}
     def take(entries: list[Entry]) -> None:
         for e in entries:
             found[e.kind][e.name] = e
 
     def from_registry(module: str) -> None:
-        for kind in registry.KINDS:
-            for name, cls in registry.registered(kind).items():
+        for kind in KINDS:
+            for name, cls in registered(kind).items():
                 if cls.__module__ == module:
                     doc = (cls.__doc__ or "").strip()
                     tag = getattr(cls, _ATTRIBUTE[kind][0]) if _ATTRIBUTE[kind][0] else ""
                     found[kind][name] = Entry(kind, name, module, doc.splitlines()[0] if doc else "", tag)
 
     errors: list[str] = []
-    for kind in registry.KINDS:
+    for kind in KINDS:
         for module in _builtin_modules(kind):
             entries = scan(module)
             if entries is None:
@@ -163,7 +168,7 @@ def catalog() -> tuple[dict[str, dict[str, Entry]], list[str]]:
                 from_registry(module)
             else:
                 take(entries)
-    for kind in registry.KINDS:
+    for kind in KINDS:
         for ep in entry_points(group=f"bench.{kind}"):
             module = ep.value.split(":")[0]
             entries = scan(module) if ":" not in ep.value else None

@@ -13,9 +13,9 @@ import importlib
 import pkgutil
 from importlib.metadata import entry_points
 
+from bench.core.catalog import KINDS, catalog
 from bench.core.errors import BenchError, suggest
 
-KINDS = ("defenses", "attacks", "datasets")
 _REGISTRY: dict[str, dict[str, type]] = {k: {} for k in KINDS}
 _LOADED = False
 _PLUGIN_ERRORS: list[str] = []
@@ -100,9 +100,7 @@ def _import_one(kind: str, name: str) -> None:
     :mod:`bench.core.catalog` in the sources), so that a suite naming three methods does not import
     all of them. Only a hint: a name it does not place falls back to :func:`load_all`."""
     if not _HINTS:
-        from bench.core.catalog import catalog
-
-        _HINTS.update(catalog()[0])
+        _HINTS.update(catalog(registered)[0])
     entry = _HINTS.get(kind, {}).get(name)
     if entry is not None:
         try:

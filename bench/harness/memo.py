@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Optional
 
 from bench import __version__
+from bench.core import registry
 from bench.core.catalog import catalog
 from bench.core.keys import digest
 from bench.harness.versioning import file_hash, module_version
@@ -36,7 +37,7 @@ def _bench_sources() -> dict[str, str]:
 def fingerprint(name: str, data: dict) -> Optional[str]:
     """The memo key of suite ``name`` with ``data`` (after overrides), or None when it names a
     method or dataset the catalogue cannot place."""
-    found, _ = catalog()
+    found, _ = catalog(registry.registered)
     names = {"defenses": set(), "attacks": set(), "datasets": set()}
     try:
         for kind in ("defenses", "attacks"):
