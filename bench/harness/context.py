@@ -120,10 +120,11 @@ class CellContext(Context):
             else:
                 self.log(f"fitting {len(todo)} reference releases with {self.env.inner_jobs} processes")
                 ex = make_executor(min(self.env.inner_jobs, len(todo)))
-            for _ in ex.imap(_fit_job, [(j["spec"], env) for j in todo]):
+            for _ in self.progress(ex.imap(_fit_job, [(j["spec"], env) for j in todo]), total=len(todo),
+                                   desc="reference releases"):
                 pass
         out = []
-        for j in jobs:
+        for j in self.progress(jobs, desc=f"reference releases ({len(todo)} to fit)") if todo else jobs:
             spec = j["spec"]
             task = self.task.derive(spec["member_rows"], spec["tag"])
             rel, _, _ = fit_release(self, registry.get_defense(spec["defense"]), spec["config"], task,

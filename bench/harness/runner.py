@@ -103,7 +103,7 @@ def compute_cell(job: tuple[Cell, Env]) -> dict:
         if not math.isinf(rel.privacy.epsilon):
             metrics.append(("privacy", "epsilon_spent", rel.privacy.epsilon))
         inv_rel = None
-        for aname, acfg in cell.attacks.items():
+        for aname, acfg in ctx.progress(list(cell.attacks.items()), desc=f"{cell.label} attacks", leave=False):
             acfg = dict(acfg)
             acls = registry.get_attack(acfg.pop("method", aname))
             target, tkey, atask = rel, rkey, task
