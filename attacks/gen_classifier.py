@@ -48,7 +48,7 @@ from bench.lib.generators import (
     skipped,
     synthetic_seed,
 )
-from bench.lib.membership.references import balanced_eval_sets, eval_split, summarize
+from bench.lib.membership.references import SUMMARY_METRICS, balanced_eval_sets, eval_split, summarize
 
 
 @dataclass
@@ -107,12 +107,7 @@ class GenClassifier(Attack):
 
     Config = GenClassifierConfig
     kind = "generator"
-    metrics = ("auc", "tpr_at_0.1%fpr", "tpr_at_1%fpr", "balanced_acc", "advantage",
-               "eps_lb", "eps_lb_max_certifiable", "eps_lb_one_run", "eps_lb_one_run_max_certifiable",
-               "auc_ci_lo", "auc_ci_hi", "tpr_at_0.1%fpr_ci_lo", "tpr_at_0.1%fpr_ci_hi", "tpr_at_1%fpr_ci_lo",
-               "tpr_at_1%fpr_ci_hi", "balanced_acc_ci_lo", "balanced_acc_ci_hi", "advantage_ci_lo",
-               "advantage_ci_hi", "n_members", "n_nonmembers", "n_references", "reference_fit_seconds",
-               "attack_seconds",
+    metrics = (*SUMMARY_METRICS,
                "heldout_balanced_acc", "privacy_loss", "n_synthetic", "k")
     summary = ()
     paper = "project protocol (attacker classifier, privacy loss = (P - 0.5)/0.5); features after GAN-Leaks, CCS 2020"

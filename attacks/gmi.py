@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from bench.api import Attack, AttackResult, BenchError, register_attack
 from bench.lib.inversion.common import freeze
-from bench.lib.inversion.evaluate import common_eval_kwargs, evaluate_inversion
+from bench.lib.inversion.evaluate import EVALUATION_METRICS, common_eval_kwargs, evaluate_inversion
 from bench.lib.inversion.judge import EvaluatorConfig
 from bench.lib.inversion.prior_wgan import WGANConfig, wgan_prior
 
@@ -59,8 +59,7 @@ class GMI(Attack):
 
     Config = GMIConfig
     kind = "inversion"
-    metrics = ("top1", "top1_std", "top2", "top1_all", "top5_all", "top1_selected", "knn_dist", "fid", "lpips",
-               "target_acc", "eval_test_acc", "n_reconstructions",
+    metrics = (*EVALUATION_METRICS,
                "final_prior_loss", "final_iden_loss")
     summary = ()
     paper = "Zhang, Jia, Pei, Wang, Li, Song: The Secret Revealer: Generative Model-Inversion Attacks, CVPR 2020"

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from bench.api import Attack, AttackResult, BenchError, register_attack
 from bench.lib.inversion.common import freeze
-from bench.lib.inversion.evaluate import common_eval_kwargs, evaluate_inversion
+from bench.lib.inversion.evaluate import EVALUATION_METRICS, common_eval_kwargs, evaluate_inversion
 from bench.lib.inversion.judge import EvaluatorConfig
 from bench.lib.inversion.nets import kplus1_prior
 from bench.lib.inversion.prior_kedmi import KEDMIGANConfig, kedmi_gan
@@ -57,8 +57,7 @@ class KEDMI(Attack):
 
     Config = KEDMIConfig
     kind = "inversion"
-    metrics = ("top1", "top1_std", "top2", "top1_all", "top5_all", "top1_selected", "knn_dist", "fid", "lpips",
-               "target_acc", "eval_test_acc", "n_reconstructions",
+    metrics = (*EVALUATION_METRICS,
                "final_prior_loss", "final_iden_loss", "mean_sigma")
     summary = ()
     paper = "Chen, Kahla, Jia, Qi: Knowledge-Enriched Distributional Model Inversion Attacks, ICCV 2021"

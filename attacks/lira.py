@@ -37,6 +37,7 @@ from scipy import stats
 from bench.api import Attack, AttackResult, BenchError, register_attack
 from bench.lib.membership.metrics import membership_metrics
 from bench.lib.membership.references import (
+    SUMMARY_METRICS,
     balanced_eval_sets,
     eval_split,
     fit_references,
@@ -122,12 +123,7 @@ class LiRA(Attack):
 
     Config = LiRAConfig
     kind = "membership"
-    metrics = ("auc", "tpr_at_0.1%fpr", "tpr_at_1%fpr", "balanced_acc", "advantage",
-               "eps_lb", "eps_lb_max_certifiable", "eps_lb_one_run", "eps_lb_one_run_max_certifiable",
-               "auc_ci_lo", "auc_ci_hi", "tpr_at_0.1%fpr_ci_lo", "tpr_at_0.1%fpr_ci_hi", "tpr_at_1%fpr_ci_lo",
-               "tpr_at_1%fpr_ci_hi", "balanced_acc_ci_lo", "balanced_acc_ci_hi", "advantage_ci_lo",
-               "advantage_ci_hi", "n_members", "n_nonmembers", "n_references", "reference_fit_seconds",
-               "attack_seconds",
+    metrics = (*SUMMARY_METRICS,
                # online_*: only with n_references >= 2
                "online_auc", "online_tpr_at_1%fpr", "online_tpr_at_0.1%fpr", "online_balanced_acc",
                "online_fixed_auc", "online_fixed_tpr_at_1%fpr", "online_fixed_tpr_at_0.1%fpr",

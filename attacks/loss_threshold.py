@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bench.api import Attack, AttackResult, register_attack
-from bench.lib.membership.references import balanced_eval_sets, summarize
+from bench.lib.membership.references import SUMMARY_METRICS, balanced_eval_sets, summarize
 from bench.lib.train import loss_from_log_odds, per_example_log_odds
 
 
@@ -41,12 +41,7 @@ class LossThreshold(Attack):
 
     Config = LossThresholdConfig
     kind = "membership"
-    metrics = ("auc", "tpr_at_0.1%fpr", "tpr_at_1%fpr", "balanced_acc", "advantage",
-               "eps_lb", "eps_lb_max_certifiable", "eps_lb_one_run", "eps_lb_one_run_max_certifiable",
-               "auc_ci_lo", "auc_ci_hi", "tpr_at_0.1%fpr_ci_lo", "tpr_at_0.1%fpr_ci_hi", "tpr_at_1%fpr_ci_lo",
-               "tpr_at_1%fpr_ci_hi", "balanced_acc_ci_lo", "balanced_acc_ci_hi", "advantage_ci_lo",
-               "advantage_ci_hi", "n_members", "n_nonmembers", "n_references", "reference_fit_seconds",
-               "attack_seconds",
+    metrics = (*SUMMARY_METRICS,
                "yeom_acc")
     summary = ("auc", "tpr_at_1%fpr")
     paper = "Yeom, Giacomelli, Fredrikson, Jha: Privacy Risk in Machine Learning, CSF 2018"

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from bench.api import Attack, AttackResult, BenchError, register_attack
 from bench.lib.inversion.common import freeze
-from bench.lib.inversion.evaluate import common_eval_kwargs, evaluate_inversion
+from bench.lib.inversion.evaluate import EVALUATION_METRICS, common_eval_kwargs, evaluate_inversion
 from bench.lib.inversion.judge import EvaluatorConfig
 
 
@@ -57,8 +57,7 @@ class MIFace(Attack):
 
     Config = MIFaceConfig
     kind = "inversion"
-    metrics = ("top1", "top1_std", "top2", "top1_all", "top5_all", "top1_selected", "knn_dist", "fid", "lpips",
-               "target_acc", "eval_test_acc", "n_reconstructions",
+    metrics = (*EVALUATION_METRICS,
                "final_cost", "steps")
     summary = ()
     paper = ("Fredrikson, Jha, Ristenpart: Model Inversion Attacks that Exploit Confidence Information and Basic "

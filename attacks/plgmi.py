@@ -21,7 +21,7 @@ import torch
 
 from bench.api import Attack, AttackResult, BenchError, register_attack
 from bench.lib.inversion.common import freeze, max_margin_loss, resolve
-from bench.lib.inversion.evaluate import common_eval_kwargs, evaluate_inversion
+from bench.lib.inversion.evaluate import EVALUATION_METRICS, common_eval_kwargs, evaluate_inversion
 from bench.lib.inversion.judge import EvaluatorConfig
 from bench.lib.inversion.prior_plgmi import PLGGANConfig, augment, plg_gan
 
@@ -53,8 +53,7 @@ class PLGMI(Attack):
 
     Config = PLGMIConfig
     kind = "inversion"
-    metrics = ("top1", "top1_std", "top2", "top1_all", "top5_all", "top1_selected", "knn_dist", "fid", "lpips",
-               "target_acc", "eval_test_acc", "n_reconstructions",
+    metrics = (*EVALUATION_METRICS,
                "final_margin_loss")
     summary = ()
     paper = ("Yuan, Chen, Zhang, Zhang, Yu, Zhang: Pseudo Label-Guided Model Inversion Attack via Conditional "

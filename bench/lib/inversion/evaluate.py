@@ -22,6 +22,11 @@ from bench.lib.inversion.metrics import (
     topk_correct,
 )
 
+#: the metrics :func:`evaluate_inversion` reports for every inversion attack; attacks declare
+#: ``metrics = (*EVALUATION_METRICS, <their own>)``
+EVALUATION_METRICS = ("top1", "top1_std", "top2", "top1_all", "top5_all", "top1_selected", "knn_dist", "fid",
+                      "lpips", "target_acc", "eval_test_acc", "n_reconstructions")
+
 
 def evaluate_inversion(ctx, images: torch.Tensor, target: nn.Module, *, evaluator: Any = None,
                        lpips: bool = True, max_private: int = 0, select_scores: Optional[torch.Tensor] = None,

@@ -210,6 +210,17 @@ def audit_delta(ctx, release) -> float:
     return float(d) if d and d > 0 else float(ctx.delta)
 
 
+#: the metrics :func:`summarize` reports for every membership-style attack (point estimates, the
+#: epsilon lower bounds, bootstrap intervals, sizes, reference cost and time); attacks declare
+#: ``metrics = (*SUMMARY_METRICS, <their own>)``
+SUMMARY_METRICS = ("auc", "tpr_at_0.1%fpr", "tpr_at_1%fpr", "balanced_acc", "advantage",
+               "eps_lb", "eps_lb_max_certifiable", "eps_lb_one_run", "eps_lb_one_run_max_certifiable",
+               "auc_ci_lo", "auc_ci_hi", "tpr_at_0.1%fpr_ci_lo", "tpr_at_0.1%fpr_ci_hi", "tpr_at_1%fpr_ci_lo",
+               "tpr_at_1%fpr_ci_hi", "balanced_acc_ci_lo", "balanced_acc_ci_hi", "advantage_ci_lo",
+               "advantage_ci_hi", "n_members", "n_nonmembers", "n_references", "reference_fit_seconds",
+               "attack_seconds")
+
+
 def summarize(ctx, release, scores: np.ndarray, labels: np.ndarray, *, n_boot: int, refs: ReferenceSet | None,
               started: float, extra_metrics: dict | None = None, extra_arrays: dict | None = None,
               info: dict | None = None):
