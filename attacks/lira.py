@@ -4,7 +4,7 @@ Signal: the logit-scaled confidence phi = log p_y - log(1 - p_y) (computed as
 z_y - logsumexp_{j != y} z_j in float64), per query view (the image, and with ``augment: shift``
 its four one-pixel translations; no mirror on digits).
 
-References: the cell's shared zoo (``attacks/_references.py``): ``n_references`` releases of the
+References: the cell's shared zoo (``bench/lib/membership/references.py``): ``n_references`` releases of the
 target's defense/config/epsilon on random halves of the candidate pool, each candidate IN for
 half of them. For every evaluated example, its IN references give N(mu_in, s_in^2) and its OUT
 references N(mu_out, s_out^2) per view (mu = median, as in the reference code).

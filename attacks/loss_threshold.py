@@ -1,7 +1,7 @@
 """``loss-threshold``: the loss-threshold membership attack of Yeom et al. (CSF 2018).
 
 Score: a lower loss of the released model on (x, y) means "member". The score is the
-true-class log-odds ``z_y - logsumexp_{j != y} z_j`` in float64 (``bench.train.true_class_log_odds``),
+true-class log-odds ``z_y - logsumexp_{j != y} z_j`` in float64 (``bench.lib.train.true_class_log_odds``),
 a strictly increasing function of minus the cross-entropy loss, so every threshold on the loss
 is a threshold on it, but computed so that confident predictions keep their order: float32
 cross-entropy rounds to exactly 0 beyond a logit margin of about 17, which tied hundreds of
@@ -11,8 +11,8 @@ Evaluated on a balanced set: ``n_eval`` members drawn from the defense's member 
 non-members from the disjoint non-member pool (seeded). The ROC sweeps every threshold; Yeom's
 own rule (threshold = mean training loss) is reported too, as ``yeom_acc``, computed with the
 mean loss over the evaluated members (the attacker's knowledge in the paper's setting). Like every
-membership attack it reports through ``attacks._references.summarize``: bootstrap intervals and the
-empirical epsilon lower bound ``eps_lb`` (Clopper-Pearson, ``bench.audit.eps_lower_bound``).
+membership attack it reports through ``bench.lib.membership.references.summarize``: bootstrap intervals and the
+empirical epsilon lower bound ``eps_lb`` (Clopper-Pearson, ``bench.lib.audit.bounds.eps_lower_bound``).
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ teacher answer" (or per label) is not bounded by it, so its own claim needs its 
    Label mode: +1 if the released label is the canary label, -1 if it is the teacher's, 0 else.
 3. **From the final student alone** (no access to the release): the student's log-odds of the
    canary class against the teacher's class on the canary input.
-4. Each score vector goes through ``bench.audit.one_run_eps_lower_bound`` (ties ordered against
+4. Each score vector goes through ``bench.lib.audit.bounds.one_run_eps_lower_bound`` (ties ordered against
    the auditor, Bonferroni over the guess grid): ``eps_lb_own_unit`` (release) and
    ``eps_lb_own_unit_student`` (student), each with its ceiling for this m. They are bounds in the
    claim's own unit and are compared with the claim of that unit (``reports/audit_table.py``),

@@ -2,13 +2,13 @@
 
 Signal: Pr(x | theta) = softmax probability of the true label (mean over query views).
 
-Reference models: the first ``n_references`` of the cell's shared zoo (``attacks/_references.py``;
+Reference models: the first ``n_references`` of the cell's shared zoo (``bench/lib/membership/references.py``;
 1–4 in the paper's low-cost setting). Population samples z: ``n_population`` images of the test
 split (non-members of the target and of every reference; never used to select anything).
 
 * ``offline`` (default): Pr(x) = ((1 + a) Pr_OUT(x) + (1 - a)) / 2 with Pr_OUT(x) the mean over
   the references that did not train on x; Pr(z) likewise from all references (z is OUT for all).
-  Back-conversion: the zoo's keep masks come in complementary pairs (``attacks/_references.py``),
+  Back-conversion: the zoo's keep masks come in complementary pairs (``bench/lib/membership/references.py``),
   so with ``n_references`` >= 2 every evaluated x is OUT for at least one reference and nothing is
   back-converted. Only an x that no reference is OUT for (in practice: ``n_references`` = 1 and x
   in that reference's training half) has its IN references' values back-converted to an OUT

@@ -2,7 +2,7 @@
 variant of Salem et al. (NDSS 2019).
 
 Shadow models: the first ``n_shadows`` releases of the cell's shared reference zoo
-(``attacks/_references.py``), i.e. the target's defense/config/epsilon trained on random halves of
+(``bench/lib/membership/references.py``), i.e. the target's defense/config/epsilon trained on random halves of
 the candidate pool. For every shadow, its prediction vectors on the whole candidate pool,
 labelled IN/OUT by that shadow's keep mask, are the attack model's training records. (The
 attacker is assumed to know the candidate pool, the same threat model as LiRA and RMIA; the

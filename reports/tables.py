@@ -281,10 +281,10 @@ def membership_table(df: pd.DataFrame) -> Table:
         "Mean ± std over seeds. AUC 0.5 and balanced accuracy 50 % are chance; TPR at a low FPR is the "
         "attack's reliability on its most confident guesses (Carlini et al., S&P 2022).",
         "TPR at a fixed FPR is read on the ROC curve with straight segments between its points: tied "
-        "scores count as chance (bench/metrics.py).",
+        "scores count as chance (bench/lib/membership/metrics.py).",
         "ε̂: empirical lower bound on ε (example level) at 95 % confidence from the attack's scores "
         "(Clopper-Pearson at thresholds fixed as ranks, Bonferroni over them, ties broken at random; "
-        "bench/audit.py), one bound per seed, shown as mean ± std over seeds; 0 = nothing certified. "
+        "bench/lib/audit/bounds.py), one bound per seed, shown as mean ± std over seeds; 0 = nothing certified. "
         "'largest certifiable ε̂': the bound perfectly separated scores of this sample size would give. "
         "The claimed-vs-audited comparison (family-wise over a row's bounds) is in audit.md."])
 

@@ -1,4 +1,4 @@
-"""Statistics of the privacy audit (bench/audit.py) and the bootstrap (bench/mia_stats.py)."""
+"""Statistics of the privacy audit (bench/lib/audit/bounds.py) and the bootstrap (bench/lib/membership/stats.py)."""
 
 from __future__ import annotations
 

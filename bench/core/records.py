@@ -8,8 +8,8 @@ computed from (``variant`` only when the suite names one).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Optional
+from dataclasses import dataclass
+from typing import Optional
 
 
 @dataclass(frozen=True)
@@ -72,4 +72,3 @@ class CellRecord:
     #: (bench/harness/timing.py)
     timings: tuple[tuple, ...] = ()
     started: Optional[float] = None
-    extra: dict[str, Any] = field(default_factory=dict)

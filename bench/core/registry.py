@@ -1,7 +1,7 @@
 """The method registry: ``@register_defense``, ``@register_attack``, ``@register_dataset``.
 
 A new method is one file and one decorator. Built-in methods live in the ``defenses``,
-``attacks`` and ``bench.datasets`` packages and are imported on first lookup; third-party
+``attacks`` and ``bench.lib.datasets`` packages and are imported on first lookup; third-party
 methods are found through the entry-point groups ``bench.defenses``, ``bench.attacks`` and
 ``bench.datasets`` (each entry point names a module or object to import; importing it runs the
 decorator).
@@ -53,7 +53,7 @@ def register_attack(name: str):
 
 
 def register_dataset(name: str):
-    """Class decorator: register a :class:`bench.datasets.base.Dataset` under ``name``."""
+    """Class decorator: register a :class:`bench.lib.datasets.base.Dataset` under ``name``."""
     return _register("datasets", name)
 
 

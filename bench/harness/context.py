@@ -102,8 +102,7 @@ class CellContext(Context):
     def fit_many(self, requests: list[FitRequest | dict]) -> list[Release]:
         jobs = [_fit_request(self, FitRequest.of(r)) for r in requests]
         todo = [j for j in jobs if not self.cache.contains("release", j["payload"])]
-        name = f"{requests[0]['defense'] if isinstance(requests[0], dict) else requests[0].defense} x{len(jobs)}" \
-            if requests else "none"
+        name = f"{jobs[0]['spec']['defense']} x{len(jobs)}" if jobs else "none"
         with self.clock.stage("references", name) as frame:
             frame["cached"] = not todo
             return self._fit_many(jobs, todo)

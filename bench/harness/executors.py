@@ -7,7 +7,7 @@ a cluster) can ship them.
 Who writes the store: local workers (sequential, process pool) record their own cell in the run
 directory's SQLite store, which is on the same machine. Ray workers may run on other machines, so
 an executor with ``records_in_driver = True`` only computes and returns the cell's record; the
-runner writes it into the store in the driver process (``bench/runner.py``). Either way the
+runner writes it into the store in the driver process (``bench/harness/runner.py``). Either way the
 artifacts go to the content-addressed cache, which on a multi-node cluster must be a path every
 node sees (shared filesystem), like the data root.
 """

@@ -59,7 +59,7 @@ class Dataset:
     folder: str = ""
     #: the raw files expected under ``<root>/<folder>/``, for the offline error message
     expected_files: tuple[str, ...] = ()
-    #: default protocol sizes (members, validation, non-member pool); see bench.tasks
+    #: default protocol sizes (members, validation, non-member pool); see bench.lib.tasks
     default_sizes: dict = {}
     #: default private classes for the inversion protocol
     default_private_classes: tuple[int, ...] = (0, 1, 2, 3, 4)

@@ -161,7 +161,7 @@ def view_logits(model, split: Split, device, augment: str = "none") -> torch.Ten
 
 def logit_scaled_confidence(logits: torch.Tensor, y: torch.Tensor) -> np.ndarray:
     """LiRA's phi = log p_y - log(1 - p_y) = z_y - logsumexp_{j != y} z_j, in float64
-    (:func:`bench.train.true_class_log_odds`)."""
+    (:func:`bench.lib.train.true_class_log_odds`)."""
     return true_class_log_odds(logits, y)
 
 

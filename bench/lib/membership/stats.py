@@ -12,9 +12,9 @@ The bootstrap describes sampling variability of the *evaluation set* for a fixed
 it says nothing about the variability over target models (train several seeds for that) and is
 unreliable for TPR at an FPR below about 10 / n_nonmembers (too few false positives to resample).
 
-:func:`membership_summary` = point estimates (:func:`bench.metrics.membership_metrics`) +
+:func:`membership_summary` = point estimates (:func:`bench.lib.membership.metrics.membership_metrics`) +
 bootstrap intervals (``<metric>_ci_lo`` / ``<metric>_ci_hi``) + the Clopper–Pearson epsilon lower
-bound (``eps_lb``, ``eps_lb_max_certifiable``, :func:`bench.audit.eps_lower_bound`) + the
+bound (``eps_lb``, ``eps_lb_max_certifiable``, :func:`bench.lib.audit.bounds.eps_lower_bound`) + the
 one-run bound of Steinke et al. on the same guesses (``eps_lb_one_run``).
 """
 
@@ -57,7 +57,7 @@ def roc_metrics_from_counts(pos_counts: np.ndarray, neg_counts: np.ndarray) -> d
     out = {"auc": auc, "balanced_acc": 0.5 * (1 + adv), "advantage": adv}
     rows = np.arange(len(fpr))
     for name, t in (("tpr_at_0.1%fpr", 1e-3), ("tpr_at_1%fpr", 1e-2)):
-        # the ROC with straight segments at FPR = t (ties split at random: bench.metrics.tpr_at_fpr)
+        # the ROC with straight segments at FPR = t (ties split at random: bench.lib.membership.metrics.tpr_at_fpr)
         i = np.sum(fpr <= t, axis=1) - 1  # fpr[:, 0] = 0, so i >= 0
         j = np.minimum(i + 1, fpr.shape[1] - 1)
         f0, f1, t0, t1 = fpr[rows, i], fpr[rows, j], tpr[rows, i], tpr[rows, j]
