@@ -62,13 +62,15 @@ class Classifier(nn.Module):
 
 @register_arch("cnn")
 class CNN(Classifier):
-    """Two conv blocks + two dense layers (ReLU, dropout): >= 99 % on MNIST in a few epochs."""
+    """Two conv blocks + two dense layers (ReLU, dropout): >= 99 % on MNIST in a few epochs. Each
+    block pools before its ReLU: max-pooling commutes with the monotone ReLU, so the values and
+    gradients are those of conv-ReLU-pool bit for bit, at a quarter of the ReLU's work."""
 
     def __init__(self, in_channels=1, image_size=28, num_classes=10, width=32, hidden=128, dropout=0.25):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(in_channels, width, 3, padding=1), nn.MaxPool2d(2), nn.ReLU(),
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.MaxPool2d(2), nn.ReLU(),
             nn.Dropout(dropout),
         )
         d = _flat_dim(self.features, in_channels, image_size)

@@ -45,6 +45,8 @@ class LoopConfig:
     #: iterations before the first generator step (the student first learns on the initial
     #: generator's samples; the generator's only guide is the student)
     generator_warmup: int = 0
+    #: run the three networks in the channels_last memory format (same values up to rounding)
+    channels_last: bool = True
 
 
 def student_loss_fn(mode: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -77,8 +79,24 @@ def transcribe(*, teacher: nn.Module, student: nn.Module, generator: nn.Module,
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    student.to(device).train()
-    generator.to(device).train()
+    # channels_last: oneDNN's convolutions and max-pooling run on NHWC without the layout reorders
+    # NCHW needs (1.5-2.5x per layer on a CPU core; benchmarks/test_dpsd_loop.py times the loop);
+    # the values are the same up to float rounding. All three networks go back to the standard
+    # layout on return (the teacher is the shared cached release: same values, same layout after)
+    layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    teacher.to(memory_format=layout)
+    student.to(device, memory_format=layout).train()
+    generator.to(device, memory_format=layout).train()
+    try:
+        return _loop(teacher, student, generator, annotate, mode, cfg, rng, device, val, on_query, on_eval,
+                     progress, log, canaries, layout)
+    finally:
+        for net in (teacher, student, generator):
+            net.to(memory_format=torch.contiguous_format)
+
+
+def _loop(teacher, student, generator, annotate, mode, cfg, rng, device, val, on_query, on_eval, progress, log,
+          canaries, layout) -> dict:
     if cfg.student_optimizer == "adam":
         opt_s = torch.optim.Adam(student.parameters(), lr=cfg.lr_student)
     else:
@@ -99,15 +117,21 @@ def transcribe(*, teacher: nn.Module, student: nn.Module, generator: nn.Module,
     use_generator = any(w != 0 for w in (cfg.w_oh, cfg.w_ie, cfg.w_act, cfg.w_adv))
     for it in progress(range(1, cfg.iterations + 1), desc="transcription"):
         z = torch.randn(cfg.batch_size, latent, generator=rng).to(device)
-        # (1)-(2): synthetic batch, teacher and student logits
+        g_step = use_generator and it > cfg.generator_warmup and (it - cfg.generator_warmup) % cfg.generator_every == 0
+        # (1)-(2): synthetic batch, teacher and student logits. On an iteration with a generator
+        # step the batch keeps its graph and step (5) back-propagates through this very forward
+        # (the generator is unchanged in between, so a second forward would give the same images;
+        # DAFL's loop also runs the generator once per iteration)
+        with torch.set_grad_enabled(g_step):
+            xg = generator(z)
+        x = xg.detach()
         with torch.no_grad():
-            x = generator(z)
             t_logits = teacher(x)
         s_logits = student(x)
         n_batch = len(x)
         if canaries is not None and it == canaries.iteration:
             # audit refit only: the canary queries join this batch (answered once, like every query)
-            xc = canaries.x.to(device)
+            xc = canaries.x.to(device, memory_format=layout)
             with torch.no_grad():
                 tc = teacher(xc)
             inc = canaries.included.to(device)[:, None]
@@ -140,10 +164,9 @@ def transcribe(*, teacher: nn.Module, student: nn.Module, generator: nn.Module,
             averaged.update_parameters(student)
         run_loss += float(loss.detach())
         # (5): generator update, student frozen as discriminator
-        if use_generator and it > cfg.generator_warmup and (it - cfg.generator_warmup) % cfg.generator_every == 0:
+        if g_step:
             for p in student.parameters():
                 p.requires_grad_(False)
-            xg = generator(z)
             logits, feats = logits_and_features(student, xg)
             parts = dafl_losses(logits, feats)
             g_loss = cfg.w_oh * parts["oh"] + cfg.w_ie * parts["ie"] + cfg.w_act * parts["a"]
