@@ -91,3 +91,35 @@ def test_channels_last_follows_the_standard_layout_trajectory():
     moved = sum(float((a - b).abs().sum()) for a, b in zip(p1, p0))
     assert moved > 0
     assert apart < 0.01 * moved
+
+
+def test_fit_classifier_trains_convnets_channels_last_and_returns_the_standard_layout():
+    import numpy as np
+
+    from bench.lib.models import MLP
+    from bench.lib.tasks import Split
+    from bench.lib.train import conv_layout, fit_classifier
+
+    x = torch.rand(64, 1, 12, 12)
+    assert conv_layout(CNN(1, 12, 4, width=4, hidden=8), x) == torch.channels_last
+    assert conv_layout(MLP(1, 12, 4), x) == torch.contiguous_format
+    assert conv_layout(CNN(1, 12, 4, width=4, hidden=8), x.flatten(1)) == torch.contiguous_format
+    y = torch.arange(64) % 4
+    split = Split(x, y, np.arange(64))
+    torch.manual_seed(0)
+    model = CNN(1, 12, 4, width=4, hidden=8)
+    seen = []
+    conv2 = model.features[3]  # 4 -> 8 channels: the layouts differ (a 1-channel tensor is both)
+    assert isinstance(conv2, nn.Conv2d)
+
+    def layout_hook(m, inputs):
+        cl = torch.channels_last
+        seen.append(inputs[0].is_contiguous(memory_format=cl) and m.weight.is_contiguous(memory_format=cl)
+                    and not m.weight.is_contiguous())
+
+    conv2.register_forward_pre_hook(layout_hook)
+    model, hist = fit_classifier(model, split, split, epochs=2, lr=1e-2, batch_size=16,
+                                 generator=torch.Generator().manual_seed(1))
+    assert seen and all(seen[:8])  # the training steps ran channels_last
+    assert all(p.is_contiguous() for p in model.parameters())
+    assert len(hist["val_acc"]) == 2

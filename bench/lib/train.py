@@ -91,6 +91,27 @@ def fit_classifier(model: nn.Module, train: Split, val: Split, *, epochs: int, l
     has_val = val is not None and len(val) > 0
     select_on_val = select_on_val and has_val
     model.to(device)
+    layout = conv_layout(model, train.x)
+    model.to(memory_format=layout)
+    try:
+        return _fit(model, train, val, epochs, lr, batch_size, optimizer, weight_decay, device, generator, progress,
+                    select_on_val, lr_schedule, curves, desc, has_val, layout)
+    finally:
+        model.to(memory_format=torch.contiguous_format)
+
+
+def conv_layout(model: nn.Module, x: torch.Tensor) -> torch.memory_format:
+    """``channels_last`` for a network with 2-d convolutions trained on image batches, else the
+    standard layout. oneDNN runs convolutions and pooling on NHWC without the reorders NCHW needs
+    (1.4x per training step of the ``cnn`` at batch 128 on one CPU core); the values are the same
+    up to float rounding."""
+    if x.dim() == 4 and any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _fit(model, train, val, epochs, lr, batch_size, optimizer, weight_decay, device, generator, progress,
+         select_on_val, lr_schedule, curves, desc, has_val, layout) -> tuple[nn.Module, dict]:
     opt = make_optimizer(model.parameters(), optimizer, lr, weight_decay=weight_decay)
     n = len(train)
     steps_per_epoch = -(-n // batch_size)
@@ -110,7 +131,7 @@ def fit_classifier(model: nn.Module, train: Split, val: Split, *, epochs: int, l
         total = 0.0
         for i in range(0, n, batch_size):
             idx = perm[i:i + batch_size]
-            xb, yb = train.x[idx].to(device), train.y[idx].to(device)
+            xb, yb = train.x[idx].to(device, memory_format=layout), train.y[idx].to(device)
             loss = F.cross_entropy(model(xb), yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
