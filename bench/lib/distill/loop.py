@@ -19,7 +19,7 @@ from bench.lib.audit.canaries import canary_answer
 from bench.lib.distill.canaries import QueryCanaries
 from bench.lib.distill.losses import dafl_losses
 from bench.lib.distill.nets import logits_and_features
-from bench.lib.train import accuracy
+from bench.lib.train import accuracy, memory_layout
 
 
 @dataclass
@@ -80,19 +80,16 @@ def transcribe(*, teacher: nn.Module, student: nn.Module, generator: nn.Module,
     for p in teacher.parameters():
         p.requires_grad_(False)
     # channels_last: oneDNN's convolutions and max-pooling run on NHWC without the layout reorders
-    # NCHW needs (1.5-2.5x per layer on a CPU core; benchmarks/test_dpsd_loop.py times the loop);
-    # the values are the same up to float rounding. All three networks go back to the standard
-    # layout on return (the teacher is the shared cached release: same values, same layout after)
+    # NCHW needs (1.4-2.0x per layer, forward + backward, on a CPU core; benchmarks/test_dpsd_loop.py
+    # times the loop); the values are the same up to float rounding. All three networks go back to
+    # the standard layout on return (the teacher is the shared cached release: same values, same
+    # layout after)
     layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    teacher.to(memory_format=layout)
-    student.to(device, memory_format=layout).train()
-    generator.to(device, memory_format=layout).train()
-    try:
+    student.to(device).train()
+    generator.to(device).train()
+    with memory_layout(layout, teacher, student, generator):
         return _loop(teacher, student, generator, annotate, mode, cfg, rng, device, val, on_query, on_eval,
                      progress, log, canaries, layout)
-    finally:
-        for net in (teacher, student, generator):
-            net.to(memory_format=torch.contiguous_format)
 
 
 def _loop(teacher, student, generator, annotate, mode, cfg, rng, device, val, on_query, on_eval, progress, log,

@@ -103,8 +103,9 @@ def generator_spec_args(dataset: str, output: str) -> dict:
 class StudentCNN(Classifier):
     """The "three-layer CNN" student: Conv(w, 3x3) ReLU MaxPool2 -> Conv(2w, 3x3) ReLU MaxPool2 ->
     Linear(K), with each ReLU applied after its pooling (ReLU is monotone, so max-pooling commutes
-    with it: the same values and gradients, bit for bit, with a 4x smaller ReLU). No BatchNorm (the student is trained on synthetic batches and evaluated on real
-    data; batch statistics of synthetic data would not transfer) and no dropout. ``penultimate``
+    with it: the same values and gradients, bit for bit, with a 4x smaller ReLU). No BatchNorm
+    (the student is trained on synthetic batches and evaluated on real data; batch statistics of
+    synthetic data would not transfer) and no dropout. ``penultimate``
     is the flattened conv feature map (the DAFL activation loss uses it)."""
 
     def __init__(self, in_channels=1, image_size=28, num_classes=10, width=32):
