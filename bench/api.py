@@ -4,6 +4,7 @@ never the harness internals, never each other (the contract in ``.importlinter``
 
 from bench.core.api import (
     ATTACK_KINDS,
+    LAST_ITERATE,
     PRIVACY_UNITS,
     Attack,
     AttackResult,
@@ -12,6 +13,7 @@ from bench.core.api import (
     FitRequest,
     PrivacyReport,
     Release,
+    val_selection,
 )
 from bench.core.config import EmptyConfig, make_config
 from bench.core.errors import BenchError, suggest
@@ -19,5 +21,6 @@ from bench.core.registry import register_attack, register_dataset, register_defe
 
 __all__ = [
     "ATTACK_KINDS", "PRIVACY_UNITS", "Attack", "AttackResult", "BenchError", "Context", "Defense", "EmptyConfig", "FitRequest",
-    "PrivacyReport", "Release", "make_config", "register_attack", "register_dataset", "register_defense", "suggest",
+    "LAST_ITERATE", "PrivacyReport", "Release", "make_config", "register_attack", "register_dataset", "register_defense",
+    "suggest", "val_selection",
 ]

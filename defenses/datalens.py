@@ -386,7 +386,9 @@ class DataLens(Defense):
              "queries": out["queries"], "generator_steps": out["steps"], "queries_per_step": out["batch"],
              "budget_queries": out["budget_queries"], "target_epsilon": ctx.epsilon, "partition": c.partition,
              "neighbouring": "add/remove one member (changes one teacher's shard)",
-             "rdp_per_query": "2 k lambda / sigma^2", "setting": out["setting_source"]})
+             "rdp_per_query": "2 k lambda / sigma^2", "setting": out["setting_source"]},
+            "student epoch chosen on held-out synthetic samples (post-processing of the DP generator: inside the "
+            "epsilon); the real validation curve is a diagnostic, never used")
         info = {"history": {"student": hist, "generator": out["history"]},
                 "selected_by": "synthetic_val_acc", "selected_epoch": hist["selected_epoch"],
                 "n_synthetic": c.n_synthetic, "shard_capacity": out["shard_capacity"], "generator_seconds": t_gen,

@@ -31,7 +31,15 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.api import BenchError, Defense, PrivacyReport, Release, register_defense
+from bench.api import (
+    LAST_ITERATE,
+    BenchError,
+    Defense,
+    PrivacyReport,
+    Release,
+    register_defense,
+    val_selection,
+)
 from bench.lib import distill as D
 from bench.lib.models import build_model, spec_for
 
@@ -95,7 +103,8 @@ class DPDFD(Defense):
              "iterations": ledger.steps, "queries": ledger.steps * c.batch_size,
              "norm_bound": c.norm_bound, "neighbouring": c.neighbouring, "target_epsilon": ctx.epsilon,
              "unit_definition": D.QUERY_UNITS[c.query_composition], "query_composition": c.query_composition,
-             "selection_on_private_val": c.select_on_val})
+             "selection_on_private_val": c.select_on_val},
+                val_selection("the transcription checkpoint") if c.select_on_val else LAST_ITERATE)
         info = {"history": hist, "selected_by": hist["selected_by"], "selected_iteration": hist["selected_iteration"],
                 "teacher": "none" + (f" {c.teacher}" if c.teacher else " (NoneConfig defaults)")}
         if canaries is not None:

@@ -34,7 +34,15 @@ from typing import Literal
 
 import torch
 
-from bench.api import BenchError, Defense, PrivacyReport, Release, register_defense
+from bench.api import (
+    LAST_ITERATE,
+    BenchError,
+    Defense,
+    PrivacyReport,
+    Release,
+    register_defense,
+    val_selection,
+)
 from bench.lib import distill as D
 from bench.lib.accounting import pure_dp_composition_epsilon
 from bench.lib.models import build_model, spec_for
@@ -139,7 +147,8 @@ class DPSD(Defense):
                  "iterations": ledger.steps, "queries": ledger.steps * c.batch_size,
                  "norm_bound": c.norm_bound, "top_k": k, "neighbouring": c.neighbouring, "target_epsilon": ctx.epsilon,
                  "unit_definition": D.QUERY_UNITS[c.query_composition], "query_composition": c.query_composition,
-                 "selection_on_private_val": c.select_on_val})
+                 "selection_on_private_val": c.select_on_val},
+                val_selection("the transcription checkpoint") if c.select_on_val else LAST_ITERATE)
         else:
             eps_rr = ctx.epsilon
             annotate = D.RRAnnotator(eps_rr, noise_rng, c.rr_prior_temperature, c.rr_prior_mix,
@@ -163,7 +172,8 @@ class DPSD(Defense):
                  "queries": queries["n"], "iterations": c.iterations, "target_epsilon": ctx.epsilon,
                  "unit_definition": "neighbouring runs differ in the teacher's label for one synthetic query "
                                     "(each query is labelled exactly once)",
-                 "selection_on_private_val": c.select_on_val})
+                 "selection_on_private_val": c.select_on_val},
+                val_selection("the transcription checkpoint") if c.select_on_val else LAST_ITERATE)
         info = {"history": hist, "selected_by": hist["selected_by"], "selected_iteration": hist["selected_iteration"],
                 "mode": c.mode, "generator_output": gout, "teacher": "none" + (f" {c.teacher}" if c.teacher else " (NoneConfig defaults)")}
         if canaries is not None:

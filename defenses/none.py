@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from bench.api import Defense, PrivacyReport, Release, register_defense
+from bench.api import Defense, PrivacyReport, Release, register_defense, val_selection
 from bench.lib.models import build_model, spec_for
 from bench.lib.train import fit_classifier, seed_everything
 
@@ -48,4 +48,6 @@ class NoDefense(Defense):
                                      batch_size=c.batch_size, optimizer=c.optimizer, weight_decay=c.weight_decay,
                                      device=ctx.device, generator=gen, progress=ctx.progress,
                                      select_on_val=c.select_on_val, lr_schedule=c.lr_schedule)
-        return Release({"model": model}, {"model": spec}, PrivacyReport.non_private(), {"history": hist})
+        privacy = PrivacyReport.non_private()
+        privacy.selection = val_selection("the epoch") if c.select_on_val else "last epoch (no selection on any split)"
+        return Release({"model": model}, {"model": spec}, privacy, {"history": hist})

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.api import BenchError, Defense, PrivacyReport, Release, register_defense
+from bench.api import BenchError, Defense, PrivacyReport, Release, register_defense, val_selection
 from bench.lib.accounting import calibrate_gaussian_scale, gaussian_rdp_epsilon
 from bench.lib.models import build_model, spec_for
 from bench.lib.synthetic import adam, partition, row_universe, shard_capacity, train_student
@@ -258,7 +258,8 @@ class PATE(Defense):
              "answered": n_ans, "max_queries": len(queries), "answers_budget": c.answers,
              "target_epsilon": ctx.epsilon, "partition": c.partition,
              "neighbouring": "add/remove one member (changes one teacher's vote)",
-             "rdp_per_check": "lambda / (2 sigma1^2)", "rdp_per_answer": "lambda / sigma2^2"})
+             "rdp_per_check": "lambda / (2 sigma1^2)", "rdp_per_answer": "lambda / sigma2^2"},
+            val_selection("the student's epoch"))
         # only DP outputs, public quantities and non-member data: no noise-free statistic of the
         # members (teacher losses, noise-free vote accuracy, realised shard sizes)
         info = {"history": {"student": hist}, "selected_by": "val_acc",

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench.api import BenchError, Defense, PrivacyReport, Release, register_defense
+from bench.api import BenchError, Defense, PrivacyReport, Release, register_defense, val_selection
 from bench.lib import synthetic as S
 from bench.lib.datasets.base import dataset_info
 from bench.lib.models import Classifier, _flat_dim, build_model, register_arch, spec_for
@@ -223,7 +223,7 @@ class TLDMI(Defense):
                                      generator=gen, progress=ctx.progress)
         privacy = PrivacyReport(math.inf, 0.0, "none", "none",
                                 "transfer learning: public pre-training, frozen early blocks (no formal guarantee)",
-                                {"freeze_blocks": c.freeze_blocks})
+                                {"freeze_blocks": c.freeze_blocks}, val_selection("the fine-tuning epoch"))
         info = {"history": hist, "selected_by": "val_acc", "freeze_blocks": c.freeze_blocks,
                 "trainable_params": trainable, "total_params": total, "pretrained_tensors": len(loaded),
                 "public": {k: v for k, v in desc.items() if k != "history"},

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.api import BenchError, Defense, PrivacyReport, Release, register_defense
+from bench.api import BenchError, Defense, PrivacyReport, Release, register_defense, val_selection
 from bench.lib.models import build_model, register_arch, spec_for
 from bench.lib.synthetic import train_student
 from bench.lib.tasks import Split
@@ -176,7 +176,8 @@ class VAEMetric(Defense):
              "epsilon_per_unit_distance": ctx.epsilon, "latent_dim": c.latent_dim,
              "mean_noise_norm": c.latent_dim / ctx.epsilon if not math.isinf(ctx.epsilon) else 0.0,
              "mean_code_distance": code_dist,
-             "not_protected": "VAE encoder/decoder trained on members without noise; labels released as is"})
+             "not_protected": "VAE encoder/decoder trained on members without noise; labels released as is"},
+            val_selection("the student's epoch"))
         dspec = spec_for(task, {"name": "vae-decoder", "latent_dim": c.latent_dim, "hidden": c.hidden})
         info = {"history": {"student": hist, "vae_loss": vl}, "selected_by": "val_acc",
                 "selected_epoch": hist["selected_epoch"], "vae_seconds": t_vae}

@@ -96,6 +96,7 @@ def load_frame(run_dir: str | Path) -> pd.DataFrame:
             "epsilon": "inf" if c["epsilon"] is None else f"{c['epsilon']:g}",
             "target_epsilon": target if isinstance(target, str) else (None if target is None else float(target)),
             "unit": priv.get("unit", "none"), "delta": priv.get("delta"), "accountant": priv.get("accountant", ""),
+            "selection": priv.get("selection", ""),
         }
     rows = [{**meta[m["cell_key"]], "source": m["source"], "metric": m["name"], "value": m["value"]}
             for m in metrics if m["cell_key"] in meta]

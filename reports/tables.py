@@ -154,6 +154,22 @@ def load_published(path: str | Path | None = None) -> tuple[list[dict], dict]:
     return entries, sources
 
 
+def selection_tag(text: str) -> str:
+    """A short label for a ``PrivacyReport.selection`` (the full text goes in the table's notes)."""
+    t = (text or "").lower()
+    if not t:
+        return "— (not recorded)"
+    if "dp hyperparameter selection" in t:
+        return "DP-tuned (in ε)"
+    if "synthetic" in t:
+        return "on synthetic data (in ε)"
+    if "validation split" in t:
+        return "on validation (outside ε)"
+    if "last" in t:
+        return "none (last iterate)"
+    return "other (see notes)"
+
+
 def accuracy_table(df: pd.DataFrame, published: str | Path | None = None) -> Table:
     """Rows = methods (suite variants), columns = dataset x target epsilon; test accuracy (%) mean
     ± std over seeds. Non-private methods fill the dataset's ``ε=∞`` column. Published numbers
@@ -169,12 +185,14 @@ def accuracy_table(df: pd.DataFrame, published: str | Path | None = None) -> Tab
         marks.setdefault(e["source"], len(marks) + 1)
     method_of = df.groupby("defense")["method"].first().to_dict()
     unit_of = df.groupby("defense")["unit"].first().to_dict()
+    selection_of = (df.groupby("defense")["selection"].first().to_dict() if "selection" in df else {})
     rows = methods + sorted({e["method"] for e in pub} - set(method_of.values()))
     deltas = df[df.delta.notna() & (df.unit != "none")].groupby("dataset")["delta"].first().to_dict()
     disp_rows, data_rows = [], []
     for r in rows:
         ran = r in method_of
-        drow = {"method": r if ran else f"{r} (not run)", "privacy unit": unit_of.get(r, "—")}
+        drow = {"method": r if ran else f"{r} (not run)", "privacy unit": unit_of.get(r, "—"),
+                "selection": selection_tag(selection_of.get(r, "")) if ran else "—"}
         for ds, eps in cols:
             label = f"{ds} ε={_eps_text(eps)}"
             vals = acc[(acc.defense == r) & (acc.dataset == ds) & (acc.epsilon == eps)]["value"] if ran else acc.iloc[:0]["value"]
@@ -202,6 +220,11 @@ def accuracy_table(df: pd.DataFrame, published: str | Path | None = None) -> Tab
              "privacy unit (example, label, query; metric = metric privacy, not DP): equal ε in different units is not equal privacy. The ε each "
              "accountant recorded is in the summary table."
              if deltas else f"Ours: test accuracy on {split}, mean ± std over seeds."]
+    chosen = {t: selection_tag(t) for t in dict.fromkeys(selection_of.get(r, "") for r in methods) if t}
+    if chosen:
+        notes.append("Selection (how each released model was chosen, and whether that choice is inside its ε): "
+                     + "; ".join(f"{', '.join(r for r in methods if selection_of.get(r) == t)}: {t}"
+                                 for t in chosen) + ".")
     for src, k in marks.items():
         notes.append(f"[{k}] {sources[src]['cite']}.")
     for e in pub:

@@ -459,8 +459,8 @@ def test_list_into_a_closed_pipe_is_quiet(tmp_path):
 
 
 def test_an_architecture_that_does_not_fit_the_dataset_is_one_line(tmp_path, cli):
-    """dpsgd's default tanh-cnn (8x8 kernels) on 8x8 digits: one line naming the fix."""
-    suite = write_suite(tmp_path / "one.yaml", {**ONE_CELL, "defenses": {"dpsgd": {"epochs": 1, "accountant": "rdp"}}})
+    """dpsgd with the tanh-cnn (8x8 kernels) on 8x8 digits: one line naming the fix."""
+    suite = write_suite(tmp_path / "one.yaml", {**ONE_CELL, "defenses": {"dpsgd": {"arch": "tanh-cnn", "epochs": 1, "accountant": "rdp"}}})
     code, out, err = cli("run", "--suite", suite, "--out", tmp_path / "run", "--cache-dir", tmp_path / "cache")
     assert code == 1
     errs = [r["error"] for r in store_rows(tmp_path / "run", "SELECT error FROM cells")]

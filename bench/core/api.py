@@ -48,6 +48,11 @@ class PrivacyReport:
     figures, e.g. the example-level epsilon of a method whose own unit is per query. Unit
     ``metric`` is metric privacy, not DP: its ``extra`` names the metric (``"metric"``) and its
     scale (``"metric_scale"``), and it must never be compared with or ranked against DP claims.
+
+    ``selection`` says how the released model was chosen and whether that choice is inside the
+    guarantee: e.g. the last iterate of fixed settings, a checkpoint picked on the validation split
+    (rows that are not members, so outside a member-level epsilon, but private data of the owner),
+    or DP hyperparameter selection accounted in ``epsilon``.
     """
 
     epsilon: float
@@ -56,6 +61,7 @@ class PrivacyReport:
     accountant: str
     mechanism: str = ""
     extra: dict = field(default_factory=dict)
+    selection: str = ""
 
     def __post_init__(self):
         if self.unit not in PRIVACY_UNITS:
@@ -68,12 +74,24 @@ class PrivacyReport:
     def to_dict(self) -> dict:
         return {"epsilon": None if math.isinf(self.epsilon) else self.epsilon, "delta": self.delta,
                 "unit": self.unit, "accountant": self.accountant, "mechanism": self.mechanism,
-                "extra": self.extra}
+                "extra": self.extra, "selection": self.selection}
 
     @classmethod
     def from_dict(cls, d: dict) -> PrivacyReport:
         eps = math.inf if d.get("epsilon") is None else float(d["epsilon"])
-        return cls(eps, float(d["delta"]), d["unit"], d["accountant"], d.get("mechanism", ""), d.get("extra", {}))
+        return cls(eps, float(d["delta"]), d["unit"], d["accountant"], d.get("mechanism", ""), d.get("extra", {}),
+                   d.get("selection", ""))
+
+
+def val_selection(what: str) -> str:
+    """The ``PrivacyReport.selection`` of a release whose ``what`` (an epoch, a checkpoint, a
+    student epoch...) was chosen by accuracy on the task's validation split."""
+    return (f"{what} chosen by accuracy on the validation split: rows of the private dataset that are not "
+            "members, so outside a member-level epsilon, but a use of private data that no epsilon here accounts")
+
+
+#: ``PrivacyReport.selection`` of a release that makes no choice on any split
+LAST_ITERATE = "last iterate of fixed settings (no selection on any split)"
 
 
 @dataclass

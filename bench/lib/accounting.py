@@ -7,6 +7,8 @@ Google's ``dp_accounting`` for everything else). Nothing here computes an epsilo
   (several multipliers, RDP), :func:`max_gaussian_compositions` (how many fit in a budget),
   :func:`calibrate_gaussian` (the multiplier for a budget) and :func:`calibrate_gaussian_scale`
   (the scale of a family of Gaussian events for a budget);
+* DP hyperparameter selection over DP-SGD runs (Papernot & Steinke, ICLR 2022; dp_accounting's
+  ``RepeatAndSelectDpEvent``): :func:`tuned_dpsgd_epsilon`, :func:`calibrate_tuned_dpsgd`;
 * compositions of a pure epsilon0-DP mechanism: :func:`pure_dp_composition_epsilon`;
 * the PLD memory guard: :data:`PLD_MAX_POINTS`, :func:`pld_points`, :func:`check_pld`.
 """
@@ -100,6 +102,43 @@ def dp_accountant(name: str, relation: str = "add_remove", orders: Optional[Sequ
             return RdpAccountant(neighboring_relation=rel)
         return RdpAccountant(list(orders), neighboring_relation=rel)
     raise ValueError(f"accountant must be 'pld' or 'rdp', got {name!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# DP hyperparameter selection (Papernot & Steinke, "Hyperparameter Tuning with Renyi Differential
+# Privacy", ICLR 2022)
+
+
+def _tuned_dpsgd_event(noise_multiplier: float, sample_rate: float, steps: int, mean_runs: float, shape: float):
+    from dp_accounting import dp_event
+
+    run = dp_event.SelfComposedDpEvent(
+        dp_event.PoissonSampledDpEvent(sample_rate, dp_event.GaussianDpEvent(noise_multiplier)), int(steps))
+    return dp_event.RepeatAndSelectDpEvent(run, float(mean_runs), float(shape))
+
+
+def tuned_dpsgd_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float,
+                        mean_runs: float, shape: float) -> float:
+    """Epsilon at ``delta`` of releasing the best of K DP-SGD runs, K random with mean
+    ``mean_runs`` from the truncated negative binomial family of ``shape`` eta (``math.inf``:
+    Poisson, 1: geometric), each run ``steps`` Poisson-subsampled Gaussian steps with multiplier
+    ``noise_multiplier`` (dp_accounting's RDP accountant on ``RepeatAndSelectDpEvent``, the bound of
+    Papernot & Steinke 2022, Thm. 2)."""
+    acc = dp_accountant("rdp")
+    acc.compose(_tuned_dpsgd_event(noise_multiplier, sample_rate, steps, mean_runs, shape))
+    return float(acc.get_epsilon(delta))
+
+
+def calibrate_tuned_dpsgd(target_epsilon: float, delta: float, sample_rate: float, steps: int,
+                          mean_runs: float, shape: float) -> float:
+    """The smallest per-run noise multiplier with which the whole selection procedure of
+    :func:`tuned_dpsgd_epsilon` spends at most ``target_epsilon`` (dp_accounting calibration)."""
+    from dp_accounting import mechanism_calibration as mc
+
+    return float(mc.calibrate_dp_mechanism(
+        lambda: dp_accountant("rdp"),
+        lambda z: _tuned_dpsgd_event(z, sample_rate, steps, mean_runs, shape),
+        target_epsilon, delta, mc.LowerEndpointAndGuess(1e-2, 1.0), tol=1e-3))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -93,6 +93,67 @@ class TanhCNN(Classifier):
         self.head = nn.Sequential(nn.Linear(d, hidden), nn.Tanh(), nn.Linear(hidden, num_classes))
 
 
+class ScatterNet(nn.Module):
+    """A fixed (untrained, data-independent) wavelet scattering transform of order 2 (Bruna &
+    Mallat 2013; kymatio's ``Scattering2D``): ``(B, C, H, W) -> (B, C * K, H / 2^J, W / 2^J)``
+    with K = 1 + J L + L^2 J (J - 1) / 2 channels per input channel (81 for J = 2, L = 8).
+    Differentiable, so gradient-based inversion attacks see through it. It has no parameters and
+    its filters are not saved in the state dict: they are rebuilt from (J, L, shape)."""
+
+    def __init__(self, image_size: int, J: int = 2, L: int = 8):
+        super().__init__()
+        try:  # the 2-d torch frontend alone: ``kymatio.torch`` also imports the 3-d frontend,
+            # which needs ``scipy.special.sph_harm`` (removed in SciPy 1.15)
+            from kymatio.scattering2d.frontend.torch_frontend import ScatteringTorch2D
+        except ImportError as e:  # pragma: no cover - kymatio is a declared dependency
+            raise BenchError(f"the ScatterNet front end needs kymatio ({e}); pip install kymatio") from None
+        if image_size % (2 ** J):
+            raise BenchError(f"ScatterNet with J = {J} needs an image size divisible by {2 ** J}, got {image_size}")
+        self.J, self.L = J, L
+        self.channels = 1 + J * L + L * L * J * (J - 1) // 2
+        self.scattering = ScatteringTorch2D(J=J, shape=(image_size, image_size), L=L)
+        for name, _ in list(self.scattering.named_buffers()):  # data-independent: rebuilt, never stored
+            self.scattering._non_persistent_buffers_set.add(name)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.scattering(x.contiguous())
+        return s.reshape(s.shape[0], -1, s.shape[-2], s.shape[-1])
+
+
+@register_arch("scatter-cnn")
+class ScatterCNN(Classifier):
+    """Tramer & Boneh (ICLR 2021), "Differentially Private Learning Needs Better Features":
+    a fixed ScatterNet (J = 2, L = 8) front end, GroupNorm over its channels (``groups`` groups,
+    no affine parameters: a per-example normalisation, so it costs no privacy), then a small tanh
+    CNN: Conv(width, 3x3, s2, p1) tanh, Conv(2 width, 3x3, p1) tanh, FC ``hidden`` tanh, FC K (their
+    ``MNIST_CNN`` on scattering features). ``frontend`` is the fixed part: a DP trainer may
+    compute it once per example and train ``trainable()`` on its output."""
+
+    def __init__(self, in_channels=1, image_size=28, num_classes=10, J=2, L=8, groups=27, width=16, hidden=32):
+        super().__init__()
+        frontend = ScatterNet(image_size, J, L)
+        k = in_channels * frontend.channels
+        if k % groups:
+            raise BenchError(f"scatter-cnn: groups ({groups}) must divide the {k} scattering channels")
+        body = nn.Sequential(
+            nn.GroupNorm(groups, k, affine=False),
+            nn.Conv2d(k, width, 3, stride=2, padding=1), nn.Tanh(),
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.Tanh(),
+        )
+        self.features = nn.Sequential(frontend, body)  # [0] fixed, [1] trained
+        with torch.no_grad():
+            d = int(self.features(torch.zeros(1, in_channels, image_size, image_size)).numel())
+        self.head = nn.Sequential(nn.Linear(d, hidden), nn.Tanh(), nn.Linear(hidden, num_classes))
+
+    @property
+    def frontend(self) -> ScatterNet:
+        return self.features[0]
+
+    def trainable(self) -> nn.Module:
+        """Everything after the fixed front end, as one module on its output (shares parameters)."""
+        return nn.Sequential(self.features[1], nn.Flatten(1), self.head)
+
+
 @register_arch("mlp")
 class MLP(Classifier):
     """A fully connected net (for tiny inputs such as sklearn's 8x8 digits)."""
