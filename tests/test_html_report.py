@@ -32,7 +32,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # ------------------------------------------------------------------------------------------------
 
 def make_run(run_dir: Path, *, dataset: str = "mnist", seeds=(0, 1), epsilons=(1.0, 8.0), n_recon: int = 3,
-             size: int = 16, n_scores: int = 400, failed: bool = True) -> dict:
+             size: int = 16, n_scores: int = 400, failed: bool = True, selection: dict | None = None) -> dict:
     """Defenses none (ε=∞), dpsgd (example) and dpsd (query) x ``epsilons`` x ``seeds``; attacks
     loss-threshold (membership) and gmi (inversion). Returns the expected test accuracies."""
     from bench.core.store import Store, provenance
@@ -54,6 +54,8 @@ def make_run(run_dir: Path, *, dataset: str = "mnist", seeds=(0, 1), epsilons=(1
             private = not math.isinf(eps)
             privacy = {"epsilon": eps * 0.99 if private else None, "delta": 1e-5 if private else None,
                        "unit": unit, "accountant": "RDP (Opacus)" if private else "none"}
+            if selection:
+                privacy["selection"] = selection.get(defense, "")
             metrics = [("utility", "test_acc", acc), ("utility", "val_acc", acc + 0.002),
                        ("utility", "fit_seconds", 1.0)]
             if private:
@@ -115,6 +117,22 @@ def rendered(tmp_path_factory):
 # ------------------------------------------------------------------------------------------------
 # Tables, curves and the page (no browser needed)
 # ------------------------------------------------------------------------------------------------
+
+def test_accuracy_table_says_how_each_release_was_selected(tmp_path):
+    from bench.api import LAST_ITERATE, val_selection
+
+    run = tmp_path / "run"
+    make_run(run, epsilons=(1.0,), n_scores=40, failed=False,
+             selection={"none": val_selection("the epoch"), "dpsgd": LAST_ITERATE})
+    out, _ = _report(run)
+    md = (out / "accuracy.md").read_text()
+    assert "| selection" in next(ln for ln in md.splitlines() if ln.startswith("| method"))
+    assert "on validation (outside ε)" in next(ln for ln in md.splitlines() if ln.startswith("| none "))
+    assert "none (last iterate)" in next(ln for ln in md.splitlines() if ln.startswith("| dpsgd "))
+    assert "— (not recorded)" in next(ln for ln in md.splitlines() if ln.startswith("| dpsd "))
+    note = next(ln for ln in md.splitlines() if ln.startswith("- Selection"))
+    assert "none: the epoch chosen by accuracy on the validation split" in note and "dpsgd: last iterate" in note
+
 
 def test_accuracy_table_has_ours_and_the_published_numbers_with_sources(tmp_path):
     import statistics

@@ -173,6 +173,44 @@ class MLP(Classifier):
         return self.head[:-1](h) if len(self.head) > 1 else h
 
 
+@register_arch("vib")
+class VIBClassifier(Classifier):
+    """A variational information bottleneck (Alemi et al., ICLR 2017) between a base architecture's
+    representation and its output layer, as MID (Wang et al., AAAI 2021) trains it: the base's
+    features and hidden layers give h (dimension d, the input of the base's last layer), then
+    Linear(d, 2k) -> (mu, s), sigma = softplus(s - 5), z = mu + sigma * noise while training,
+    Linear(k, K) on z. In eval mode z = mu (the deterministic prediction; ``sample_at_eval`` keeps
+    sampling, as the MID/BiDO code does at test time). ``encode(x)`` gives (mu, sigma) for the
+    KL(N(mu, sigma^2) || N(0, I)) term; ``penultimate(x)`` is mu."""
+
+    def __init__(self, in_channels=1, image_size=28, num_classes=10, base: dict | str = "cnn", k=None,
+                 sample_at_eval=False):
+        super().__init__()
+        spec = {"name": base} if isinstance(base, str) else dict(base)
+        spec.update(in_channels=in_channels, image_size=image_size, num_classes=num_classes)
+        net = build_model(spec)
+        if not isinstance(net, Classifier) or not isinstance(net.head[-1], nn.Linear):
+            raise BenchError(f"vib: the base architecture {spec['name']!r} needs a features/head layout ending in Linear")
+        d = net.head[-1].in_features
+        self.k = int(k or max(1, d // 2))
+        self.sample_at_eval = bool(sample_at_eval)
+        self.features = net.features
+        self.head = nn.Sequential(*net.head[:-1], nn.Linear(d, 2 * self.k), nn.Linear(self.k, num_classes))
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        stats = self.head[:-1](torch.flatten(self.features(x), 1))
+        mu, s = stats[:, :self.k], stats[:, self.k:]
+        return mu, nn.functional.softplus(s - 5)
+
+    def penultimate(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encode(x)[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mu, sigma = self.encode(x)
+        z = mu + sigma * torch.randn_like(sigma) if (self.training or self.sample_at_eval) else mu
+        return self.head[-1](z)
+
+
 def spec_for(task, arch: dict | str) -> dict:
     """Complete an architecture spec with the task's input shape and class count."""
     spec = {"name": arch} if isinstance(arch, str) else dict(arch)

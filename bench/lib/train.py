@@ -83,19 +83,22 @@ def fit_classifier(model: nn.Module, train: Split, val: Split, *, epochs: int, l
                    optimizer: str = "adam", weight_decay: float = 0.0, device="cpu",
                    generator: Optional[torch.Generator] = None, progress: Callable = lambda it, **k: it,
                    select_on_val: bool = True, lr_schedule: str = "constant",
-                   curves: Optional[dict[str, Split]] = None, desc: str = "epochs") -> tuple[nn.Module, dict]:
+                   curves: Optional[dict[str, Split]] = None, desc: str = "epochs",
+                   loss_fn: Optional[Callable] = None) -> tuple[nn.Module, dict]:
     """Minibatch cross-entropy training; keeps the epoch with the best **validation** accuracy
     (or the last one with ``select_on_val=False`` or no ``val``). ``lr_schedule``: ``constant`` or
     ``cosine`` (per-step cosine decay to 0 over all epochs). ``curves`` maps a name to a split whose
     accuracy is recorded after every epoch as ``<name>_acc`` (diagnostics, never used for
-    selection). Returns the model and its history."""
+    selection). ``loss_fn(model, xb, yb) -> (loss, terms)`` replaces the cross-entropy (a
+    regularised objective); the per-epoch means of its ``terms`` (name -> float) go to
+    ``history["terms"]``. Returns the model and its history."""
     has_val = val is not None and len(val) > 0
     select_on_val = select_on_val and has_val
     model.to(device)
     layout = conv_layout(model, train.x)
     with memory_layout(layout, model):
         return _fit(model, train, val, epochs, lr, batch_size, optimizer, weight_decay, device, generator, progress,
-                    select_on_val, lr_schedule, curves, desc, has_val, layout)
+                    select_on_val, lr_schedule, curves, desc, has_val, layout, loss_fn)
 
 
 def conv_layout(model: nn.Module, x: torch.Tensor) -> torch.memory_format:
@@ -122,7 +125,7 @@ def memory_layout(layout: torch.memory_format, *nets: nn.Module):
 
 
 def _fit(model, train, val, epochs, lr, batch_size, optimizer, weight_decay, device, generator, progress,
-         select_on_val, lr_schedule, curves, desc, has_val, layout) -> tuple[nn.Module, dict]:
+         select_on_val, lr_schedule, curves, desc, has_val, layout, loss_fn=None) -> tuple[nn.Module, dict]:
     opt = make_optimizer(model.parameters(), optimizer, lr, weight_decay=weight_decay)
     n = len(train)
     steps_per_epoch = -(-n // batch_size)
@@ -133,17 +136,24 @@ def _fit(model, train, val, epochs, lr, batch_size, optimizer, weight_decay, dev
     else:
         raise ValueError(f"unknown lr_schedule {lr_schedule!r}")
     history = {"train_loss": [], "val_acc": []}
+    if loss_fn is not None:
+        history["terms"] = {}
     for name in curves or {}:
         history[f"{name}_acc"] = []
     best = (-1.0, None, -1)
     for epoch in progress(range(epochs), desc=desc, leave=False):
         model.train()
         perm = torch.randperm(n, generator=generator)
-        total = 0.0
+        total, terms = 0.0, {}
         for i in range(0, n, batch_size):
             idx = perm[i:i + batch_size]
             xb, yb = train.x[idx].to(device, memory_format=layout), train.y[idx].to(device)
-            loss = F.cross_entropy(model(xb), yb)
+            if loss_fn is None:
+                loss = F.cross_entropy(model(xb), yb)
+            else:
+                loss, parts = loss_fn(model, xb, yb)
+                for k, v in parts.items():
+                    terms[k] = terms.get(k, 0.0) + float(v) * len(idx)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -152,6 +162,8 @@ def _fit(model, train, val, epochs, lr, batch_size, optimizer, weight_decay, dev
             total += float(loss.detach()) * len(idx)
         va = accuracy(model, val, device) if has_val else float("nan")
         history["train_loss"].append(total / max(n, 1))
+        for k, v in terms.items():
+            history["terms"].setdefault(k, []).append(v / max(n, 1))
         history["val_acc"].append(va)
         for name, split in (curves or {}).items():
             history[f"{name}_acc"].append(accuracy(model, split, device))
