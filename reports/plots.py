@@ -8,6 +8,12 @@
   layout; only for a dataset where such an attack ran. An attack's kind is the one the run recorded
   (:mod:`reports.kinds`).
 
+* ``robustness_vs_utility_<dataset>.png``: one panel per inversion attack that recorded its target's
+  accuracy (``target_acc``): the attack's top-1 accuracy against the target's accuracy on its private
+  classes, a point per (defense, ε) with error bars = std over seeds: the robustness/utility view
+  of the model-inversion defense papers (TL-DMI's curve over frozen depths, MID's and BiDO's
+  trade-off); lower right is better.
+
 The ε axis is logarithmic when the grid spans more than a factor of 4. Epsilons are the cells'
 targets; each defense's privacy unit is in the legend, since equal ε in different units is not
 equal privacy.
@@ -159,6 +165,50 @@ def leakage_plot(df: pd.DataFrame, dataset: str, path: Path) -> Path | None:
     return None if fig is None else _save(fig, path)
 
 
+def robustness_figure(df: pd.DataFrame, dataset: str):
+    """Inversion attack top-1 against the attacked target's accuracy, per inversion attack of
+    ``dataset`` that recorded ``target_acc``; None when there is none."""
+    d = df[df.dataset == dataset]
+    kinds = frame_kinds(df)
+    attacks = sorted(a for a in d[d.metric == "target_acc"]["source"].unique()
+                     if kinds.get(a) == "inversion" and len(d[(d.source == a) & (d.metric == "top1")]))
+    if not attacks:
+        return None
+    fig, axes = _figure(len(attacks))
+    order = _defense_order(df)
+    for ax, attack in zip(axes, attacks):
+        g = d[d.source == attack]
+        for k, defense in enumerate(order):
+            for eps in sorted(g[g.defense == defense]["epsilon"].unique(), key=lambda e: math.inf if e == "inf" else float(e)):
+                sel = g[(g.defense == defense) & (g.epsilon == eps)]
+                x = 100 * sel[sel.metric == "target_acc"]["value"].astype(float)
+                y = 100 * sel[sel.metric == "top1"]["value"].astype(float)
+                if not len(x) or not len(y):
+                    continue
+                unit = sel["unit"].iloc[0]
+                label = defense if eps == "inf" else f"{defense} (ε={eps}, {unit})"
+                ax.errorbar(x.mean(), y.mean(), xerr=x.std(ddof=1) if len(x) > 1 else 0,
+                            yerr=y.std(ddof=1) if len(y) > 1 else 0, fmt="o", color=f"C{k % 10}", capsize=3,
+                            label=label)
+                ax.annotate(defense, (x.mean(), y.mean()), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.set_xlabel("target accuracy on its private classes (%)", fontsize=9)
+        ax.set_ylabel("attack acc top-1 (%)", fontsize=9)
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+        ax.set_title(attack, fontsize=10)
+    for ax in axes[len(attacks):]:
+        ax.set_axis_off()
+    _legend(fig, axes[:len(attacks)], axes[len(attacks) - 1])
+    fig.suptitle(f"{dataset}: inversion robustness vs utility (mean ± std over seeds; lower right is better)",
+                 fontsize=11)
+    return fig
+
+
+def robustness_plot(df: pd.DataFrame, dataset: str, path: Path) -> Path | None:
+    fig = robustness_figure(df, dataset)
+    return None if fig is None else _save(fig, path)
+
+
 def write_plots(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
     """Accuracy-vs-ε and leakage-vs-ε figures, one of each per dataset of the run frame ``df``
     (:func:`reports.frame.load_frame`)."""
@@ -167,7 +217,8 @@ def write_plots(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
     for ds in sorted(df.dataset.unique()):
         safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in ds)
         for p in (accuracy_plot(df, ds, out / f"accuracy_vs_eps_{safe}.png"),
-                  leakage_plot(df, ds, out / f"leakage_vs_eps_{safe}.png")):
+                  leakage_plot(df, ds, out / f"leakage_vs_eps_{safe}.png"),
+                  robustness_plot(df, ds, out / f"robustness_vs_utility_{safe}.png")):
             if p is not None:
                 paths.append(p)
     return paths

@@ -32,7 +32,8 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # ------------------------------------------------------------------------------------------------
 
 def make_run(run_dir: Path, *, dataset: str = "mnist", seeds=(0, 1), epsilons=(1.0, 8.0), n_recon: int = 3,
-             size: int = 16, n_scores: int = 400, failed: bool = True, selection: dict | None = None) -> dict:
+             size: int = 16, n_scores: int = 400, failed: bool = True, selection: dict | None = None,
+             target_acc: bool = False) -> dict:
     """Defenses none (ε=∞), dpsgd (example) and dpsd (query) x ``epsilons`` x ``seeds``; attacks
     loss-threshold (membership) and gmi (inversion). Returns the expected test accuracies."""
     from bench.core.store import Store, provenance
@@ -81,6 +82,8 @@ def make_run(run_dir: Path, *, dataset: str = "mnist", seeds=(0, 1), epsilons=(1
             metrics += [("gmi", "top1", 0.6 - 0.1 * private), ("gmi", "top2", 0.8), ("gmi", "top5_all", 0.9),
                         ("gmi", "top1_selected", 0.7), ("gmi", "knn_dist", 12.5), ("gmi", "fid", 80.0),
                         ("gmi", "lpips", 0.3)]
+            if target_acc:
+                metrics.append(("gmi", "target_acc", acc))
             store.record_cell(cell_key=key, run_id="synthetic-run", cell=cell, status="done", split={},
                               privacy=privacy, info={}, error=None, wall_time=2.0, device="cpu",
                               prov=provenance("cpu"), metrics=metrics,
@@ -117,6 +120,26 @@ def rendered(tmp_path_factory):
 # ------------------------------------------------------------------------------------------------
 # Tables, curves and the page (no browser needed)
 # ------------------------------------------------------------------------------------------------
+
+def test_robustness_vs_utility_figure_when_inversion_attacks_record_their_targets_accuracy(tmp_path):
+    from reports.frame import load_frame
+    from reports.plots import robustness_figure, write_plots
+
+    run = tmp_path / "run"
+    make_run(run, epsilons=(1.0,), n_scores=40, failed=False, target_acc=True)
+    df = load_frame(run)
+    fig = robustness_figure(df, "mnist")
+    ax = fig.axes[0]
+    assert ax.get_title() == "gmi" and "target accuracy" in ax.get_xlabel()
+    labels = ax.get_legend_handles_labels()[1]
+    assert set(labels) == {"none", "dpsgd (ε=1, example)", "dpsd (ε=1, query)"}
+    names = {p.name for p in write_plots(df, tmp_path / "plots")}
+    assert "robustness_vs_utility_mnist.png" in names
+    # without target accuracies (older runs) there is no such figure
+    run2 = tmp_path / "run2"
+    make_run(run2, epsilons=(1.0,), n_scores=40, failed=False)
+    assert robustness_figure(load_frame(run2), "mnist") is None
+
 
 def test_accuracy_table_says_how_each_release_was_selected(tmp_path):
     from bench.api import LAST_ITERATE, val_selection
