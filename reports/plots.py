@@ -8,9 +8,10 @@
   layout; only for a dataset where such an attack ran. An attack's kind is the one the run recorded
   (:mod:`reports.kinds`).
 
-* ``robustness_vs_utility_<dataset>.png``: one panel per inversion attack that recorded its target's
-  accuracy (``target_acc``): the attack's top-1 accuracy against the target's accuracy on its private
-  classes, a point per (defense, ε) with error bars = std over seeds: the robustness/utility view
+* ``robustness_vs_utility_<dataset>.png``: one panel per inversion attack: its top-1 accuracy
+  against the test accuracy of the release it attacked (the inversion-protocol target, metric
+  ``inversion-target/test_acc``: accuracy on its private classes), a point per (defense, ε) with
+  error bars = std over seeds: the robustness/utility view
   of the model-inversion defense papers (TL-DMI's curve over frozen depths, MID's and BiDO's
   trade-off); lower right is better.
 
@@ -166,32 +167,32 @@ def leakage_plot(df: pd.DataFrame, dataset: str, path: Path) -> Path | None:
 
 
 def robustness_figure(df: pd.DataFrame, dataset: str):
-    """Inversion attack top-1 against the attacked target's accuracy, per inversion attack of
-    ``dataset`` that recorded ``target_acc``; None when there is none."""
+    """Inversion attack top-1 against the attacked (inversion-protocol) target's test accuracy, per
+    inversion attack of ``dataset``; None when the run has no inversion target accuracy."""
     d = df[df.dataset == dataset]
     kinds = frame_kinds(df)
-    attacks = sorted(a for a in d[d.metric == "target_acc"]["source"].unique()
-                     if kinds.get(a) == "inversion" and len(d[(d.source == a) & (d.metric == "top1")]))
-    if not attacks:
+    util = d[(d.source == "inversion-target") & (d.metric == "test_acc")]
+    attacks = sorted(a for a in d[d.metric == "top1"]["source"].unique() if kinds.get(a) == "inversion")
+    if not attacks or not len(util):
         return None
     fig, axes = _figure(len(attacks))
     order = _defense_order(df)
     for ax, attack in zip(axes, attacks):
-        g = d[d.source == attack]
+        top1 = d[(d.source == attack) & (d.metric == "top1")]
+        pairs = top1.merge(util, on=["defense", "epsilon", "seed"], suffixes=("_y", "_x"))
         for k, defense in enumerate(order):
-            for eps in sorted(g[g.defense == defense]["epsilon"].unique(), key=lambda e: math.inf if e == "inf" else float(e)):
-                sel = g[(g.defense == defense) & (g.epsilon == eps)]
-                x = 100 * sel[sel.metric == "target_acc"]["value"].astype(float)
-                y = 100 * sel[sel.metric == "top1"]["value"].astype(float)
-                if not len(x) or not len(y):
-                    continue
-                unit = sel["unit"].iloc[0]
+            for eps in sorted(pairs[pairs.defense == defense]["epsilon"].unique(),
+                              key=lambda e: math.inf if e == "inf" else float(e)):
+                sel = pairs[(pairs.defense == defense) & (pairs.epsilon == eps)]
+                x = 100 * sel["value_x"].astype(float)
+                y = 100 * sel["value_y"].astype(float)
+                unit = sel["unit_y"].iloc[0]
                 label = defense if eps == "inf" else f"{defense} (ε={eps}, {unit})"
                 ax.errorbar(x.mean(), y.mean(), xerr=x.std(ddof=1) if len(x) > 1 else 0,
                             yerr=y.std(ddof=1) if len(y) > 1 else 0, fmt="o", color=f"C{k % 10}", capsize=3,
                             label=label)
                 ax.annotate(defense, (x.mean(), y.mean()), textcoords="offset points", xytext=(4, 4), fontsize=7)
-        ax.set_xlabel("target accuracy on its private classes (%)", fontsize=9)
+        ax.set_xlabel("attacked target's test accuracy, private classes (%)", fontsize=9)
         ax.set_ylabel("attack acc top-1 (%)", fontsize=9)
         ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
