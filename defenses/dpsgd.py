@@ -54,7 +54,7 @@ from bench.lib.accounting import (
     tuned_dpsgd_epsilon,
 )
 from bench.lib.models import build_model, spec_for
-from bench.lib.train import make_optimizer, seed_everything
+from bench.lib.train import make_optimizer, predict_logits, seed_everything
 
 
 @dataclass
@@ -141,14 +141,6 @@ def _inputs(model, x: torch.Tensor, device, batch_size: int = 2000) -> torch.Ten
     return torch.cat([model.frontend(x[i:i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)])
 
 
-@torch.no_grad()
-def _accuracy(net, x: torch.Tensor, y: torch.Tensor, device, batch_size: int = 2000) -> float:
-    net.eval()
-    hits = sum(int((net(x[i:i + batch_size].to(device)).argmax(1).cpu() == y[i:i + batch_size]).sum())
-               for i in range(0, len(x), batch_size))
-    return hits / max(len(y), 1)
-
-
 def _draw_runs(gen: np.random.Generator, mean: float, shape: float) -> int:
     """K from the truncated negative binomial law with eta = ``shape`` and E[K] = ``mean``
     (Papernot & Steinke 2022, Sec. 3), Poisson(mean) for eta = inf."""
@@ -195,7 +187,8 @@ class DPSGD(Defense):
             t0 = time.perf_counter()
             train_epoch(wrapped, opt, criterion, private_loader, ctx.device)  # its loss is not released
             t1 = time.perf_counter()
-            history["val_acc"].append(_accuracy(wrapped, xv, yv, ctx.device))
+            with torch.no_grad():  # on the trained part's inputs (features where the arch has a front end)
+                history["val_acc"].append(float((predict_logits(wrapped, xv, ctx.device).argmax(1) == yv).float().mean()))
             t2 = time.perf_counter()
             history["epsilon"].append(float(engine.accountant.get_epsilon(ctx.delta)) if private else math.inf)
             history["train_seconds"].append(t1 - t0)
