@@ -284,6 +284,58 @@ def test_missing_files_lists_only_the_missing_ones(tmp_path, monkeypatch):
     assert "t10k-images-idx3-ubyte.gz" in msg and "train-images-idx3-ubyte.gz" not in msg
 
 
+def test_folder_with_no_write_bit_is_copied_not_written_even_by_root(tmp_path, monkeypatch):
+    """A shared data folder with mode r-x is never written into: root passes os.access on it, so
+    the check also reads the mode bits. torchvision extracts in the cache's copy."""
+    from bench.lib.datasets.mnist import MNIST
+
+    raw = write_fake_mnist(tmp_path / "data")
+    _patched_resources(monkeypatch, raw)
+    for f in raw.iterdir():  # archives only, as the shared data mount has them
+        if not f.name.endswith(".gz"):
+            f.unlink()
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))
+    src = tmp_path / "data" / "mnist"
+    dirs = [src, *[p for p in src.rglob("*") if p.is_dir()]]
+    before = sorted(p.name for p in raw.iterdir())
+    for d in reversed(dirs):
+        d.chmod(0o555)
+    try:
+        data = MNIST().load(tmp_path / "data", download=True)
+    finally:
+        for d in dirs:
+            d.chmod(0o755)
+    assert sorted(p.name for p in raw.iterdir()) == before  # nothing extracted into the source
+    copy = tmp_path / "cache" / "data" / "mnist" / "MNIST" / "raw"
+    assert (copy / "train-images-idx3-ubyte").is_file() and len(data.train_x) == 400
+
+
+def test_loading_waits_for_another_process_extracting_the_same_folder(tmp_path, monkeypatch):
+    """torchvision extracts in place; while another holder has the folder's lock (another process
+    extracting), a load waits instead of reading a half-written file."""
+    import fcntl
+    import threading
+
+    from bench.lib.datasets.mnist import MNIST
+
+    raw = write_fake_mnist(tmp_path / "data")
+    _patched_resources(monkeypatch, raw)
+    for f in raw.iterdir():
+        if not f.name.endswith(".gz"):
+            f.unlink()
+    lock = tmp_path / "data" / ".mnist.lock"
+    out = {}
+    with open(lock, "a") as fh:  # a separate open file description: conflicts like another process
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        t = threading.Thread(target=lambda: out.setdefault("data", MNIST().load(tmp_path / "data", download=True)))
+        t.start()
+        t.join(1.5)
+        assert t.is_alive() and not (raw / "train-images-idx3-ubyte").exists()  # waiting, nothing written
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    t.join(60)
+    assert not t.is_alive() and len(out["data"].train_x) == 400
+
+
 # -- 9. LPIPS backbone weights: hash-checked, weights_only --------------------------------------
 
 class _Planted:

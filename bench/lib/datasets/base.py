@@ -9,6 +9,8 @@ first (``BENCH_CACHE``, default ``~/.cache/privacy-bench``) and torchvision extr
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shutil
 import tempfile
@@ -26,6 +28,29 @@ def cache_root() -> Path:
 
 def data_root() -> Path:
     return Path(os.environ.get("BENCH_DATA") or cache_root() / "data").expanduser()
+
+
+def read_only(folder: Path) -> bool:
+    """Whether ``folder`` must not be written to: this process may not write to it, or no one may
+    (no write bit in its mode). The second test matters for root, which passes ``os.access`` on a
+    folder whose mode says read-only, such as a shared data mount: that folder is copied, not
+    written into."""
+    return not os.access(folder, os.W_OK) or not (folder.stat().st_mode & 0o222)
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path):
+    """An exclusive lock on ``folder`` (a ``.<name>.lock`` file beside it) for the time torchvision
+    checks and extracts its archives: two processes loading one fresh dataset folder at once
+    (``bench run`` beside another, or ``--jobs``) would otherwise read a half-written extracted
+    file and report it as corrupt."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f".{folder.name}.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 @dataclass
@@ -83,9 +108,10 @@ class Dataset:
 
     # -- helpers for torchvision-backed datasets -------------------------------------------
     def writable_folder(self, root: Path) -> Path:
-        """``<root>/<folder>``, or a copy of it in the cache when ``root`` is read-only."""
+        """``<root>/<folder>``, or a copy of it in the cache when ``root`` is read-only
+        (:func:`read_only`)."""
         src = root / self.folder
-        if src.exists() and not os.access(src, os.W_OK):
+        if src.exists() and read_only(src):
             dst = cache_root() / "data" / self.folder
             if not dst.exists():
                 dst.parent.mkdir(parents=True, exist_ok=True)

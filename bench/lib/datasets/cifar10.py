@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.core.registry import register_dataset
-from bench.lib.datasets.base import Dataset, RawData
+from bench.lib.datasets.base import Dataset, RawData, folder_lock
 
 
 @register_dataset("cifar10")
@@ -29,8 +29,9 @@ class CIFAR10(Dataset):
 
         folder = self.writable_folder(root)
         try:
-            train = TV(str(folder), train=True, download=download)
-            test = TV(str(folder), train=False, download=download)
+            with folder_lock(folder):  # torchvision extracts in place: one process at a time
+                train = TV(str(folder), train=True, download=download)
+                test = TV(str(folder), train=False, download=download)
         except Exception as e:
             raise self.missing_error(root, e) from None
         tx = np.transpose(train.data, (0, 3, 1, 2)).astype(np.float32) / 255.0

@@ -9,7 +9,7 @@ import numpy as np
 
 from bench.core.errors import BenchError
 from bench.core.registry import register_dataset
-from bench.lib.datasets.base import Dataset, RawData
+from bench.lib.datasets.base import Dataset, RawData, folder_lock
 
 
 def corrupt_file_error(ds: Dataset, cls, folder: Path) -> BenchError | None:
@@ -52,8 +52,9 @@ def _same_stream(a, b, chunk: int = 1 << 20) -> bool:
 def load_torchvision(ds: Dataset, cls, root: Path, download: bool) -> RawData:
     folder = ds.writable_folder(root)
     try:
-        train = cls(str(folder), train=True, download=download)
-        test = cls(str(folder), train=False, download=download)
+        with folder_lock(folder):  # torchvision extracts in place: one process at a time
+            train = cls(str(folder), train=True, download=download)
+            test = cls(str(folder), train=False, download=download)
     except Exception as e:  # offline download failures surface as RuntimeError/URLError
         raise (corrupt_file_error(ds, cls, folder) or ds.missing_error(root, e)) from None
     tx = train.data.numpy().astype(np.float32)[:, None] / 255.0
