@@ -12,8 +12,6 @@ as ``.npz`` (``allow_pickle=False``), everything else as JSON: nothing is unpick
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -30,6 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from bench.core.errors import BenchError
 from bench.core.keys import canonical, digest  # noqa: F401 - re-exported: the cache's key function
+from bench.core.locks import file_lock
 
 
 def _sha(path: Path) -> str:
@@ -127,16 +126,8 @@ class Cache:
     def path(self, kind: str, key: str) -> Path:
         return self.root / kind / key[:2] / key
 
-    @contextlib.contextmanager
     def _lock(self, kind: str, key: str):
-        lock_dir = self.root / ".locks"
-        lock_dir.mkdir(parents=True, exist_ok=True)
-        with open(lock_dir / f"{kind}-{key}.lock", "w") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        return file_lock(self.root / ".locks" / f"{kind}-{key}.lock")
 
     def _load(self, path: Path) -> dict[str, Any]:
         return load_entry(path)

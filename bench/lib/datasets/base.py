@@ -9,8 +9,6 @@ first (``BENCH_CACHE``, default ``~/.cache/privacy-bench``) and torchvision extr
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 import shutil
 import tempfile
@@ -20,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.core.errors import BenchError
+from bench.core.locks import file_lock
 
 
 def cache_root() -> Path:
@@ -38,19 +37,12 @@ def read_only(folder: Path) -> bool:
     return not os.access(folder, os.W_OK) or not (folder.stat().st_mode & 0o222)
 
 
-@contextlib.contextmanager
 def folder_lock(folder: Path):
     """An exclusive lock on ``folder`` (a ``.<name>.lock`` file beside it) for the time torchvision
     checks and extracts its archives: two processes loading one fresh dataset folder at once
     (``bench run`` beside another, or ``--jobs``) would otherwise read a half-written extracted
     file and report it as corrupt."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with open(folder.parent / f".{folder.name}.lock", "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return file_lock(folder.parent / f".{folder.name}.lock")
 
 
 @dataclass
