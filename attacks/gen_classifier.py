@@ -32,11 +32,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
-from sklearn.neural_network import MLPClassifier
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from bench.api import Attack, AttackResult, BenchError, register_attack
 from bench.lib.generators import (
@@ -77,6 +72,11 @@ def features(d: np.ndarray) -> np.ndarray:
 
 
 def make_model(kind: str, seed: int):
+    from sklearn.linear_model import LogisticRegression  # imported here: keeps the CLI start-up torch-only
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     if kind == "logreg":
         clf = LogisticRegression(max_iter=1000)
     else:
@@ -87,6 +87,8 @@ def make_model(kind: str, seed: int):
 def cross_fit(feats: np.ndarray, labels: np.ndarray, kind: str, seed: int) -> tuple[np.ndarray, float]:
     """Out-of-fold member probabilities (2-fold over stratified halves) and P, the mean held-out
     balanced accuracy of the hard predictions."""
+    from sklearn.exceptions import ConvergenceWarning
+
     a, b = halves(labels, seed)
     scores = np.zeros(len(labels))
     accs = []

@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from scipy import stats
 
 from bench.api import Attack, AttackResult, BenchError, register_attack
 from bench.lib.membership.metrics import membership_metrics
@@ -97,6 +96,7 @@ def lira_scores(target_phi: np.ndarray, ref_phi: np.ndarray, keep: np.ndarray, *
     Online examples that no reference trained on (possible with an odd number of references)
     fall back to their offline statistic; examples with no usable reference at all score 0.
     """
+    from scipy import stats  # imported here: keeps the CLI start-up torch-only
     mu_out, sd_out = _gauss(ref_phi, ~keep, fixed_variance)
     z_out = (target_phi - mu_out) / sd_out
     with warnings.catch_warnings():

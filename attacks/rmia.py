@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 
 import numpy as np
-from scipy.stats import rankdata
 
 from bench.api import Attack, AttackResult, BenchError, register_attack
 from bench.lib.membership.metrics import membership_metrics
@@ -116,6 +115,8 @@ def rmia_scores(p_x: np.ndarray, prx: np.ndarray, p_z: np.ndarray, prz: np.ndarr
     frac = np.searchsorted(thr, rx, side="left") / len(thr)
     if not tie_break:
         return frac
+    from scipy.stats import rankdata  # imported here: keeps the CLI start-up torch-only
+
     r = (rankdata(rx) - 1) / len(rx)  # in [0, 1)
     return frac + r / (2 * len(thr))
 

@@ -3,6 +3,7 @@ what importing every method says, and fall back to importing where the source do
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -36,6 +37,19 @@ def test_listing_imports_neither_torch_nor_a_method():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout
     assert "IMPORTED []" in out, out[-500:]
     assert "dpsd" in out and "unit=query" in out and "kind=inversion" in out
+
+
+def test_resolving_every_method_imports_only_torch_of_the_heavy_libraries(tmp_path):
+    """A first dry run (no memo yet) imports every method module of the largest suite: the
+    libraries only some stages use (scikit-learn, SciPy, torchvision, pandas, matplotlib, LPIPS,
+    kymatio) are imported where they are used, so the start-up pays for torch alone."""
+    heavy = ("sklearn", "scipy", "torchvision", "pandas", "matplotlib", "lpips", "kymatio")
+    code = ("import sys; from bench.cli import main; rc = main(['run', '--suite', 'mnist-eps1-full', '--dry-run']); "
+            f"bad = sorted({{m.split('.')[0] for m in sys.modules}} & set({heavy!r})); "
+            "print('RC', rc, 'IMPORTED', bad, 'TORCH', 'torch' in sys.modules)")
+    env = {**os.environ, "BENCH_CACHE": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env).stdout
+    assert "RC 0 IMPORTED [] TORCH True" in out, out[-800:]
 
 
 def test_what_the_source_cannot_say_is_imported(tmp_path, monkeypatch):

@@ -15,7 +15,6 @@ from typing import Optional
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_curve
 
 from bench.core.api import AttackResult, Release
 from bench.lib.tasks import Split
@@ -93,6 +92,8 @@ def best_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
     """The threshold t of the rule "member iff score >= t" with the best balanced accuracy
     (TPR + 1 - FPR) / 2 on (scores, labels) (sklearn's ROC thresholds; the first best one, i.e.
     the highest threshold among ties)."""
+    from sklearn.metrics import roc_curve  # imported here: keeps the CLI start-up torch-only
+
     fpr, tpr, thr = roc_curve(np.asarray(labels).astype(int), np.asarray(scores, dtype=np.float64))
     i = int(np.argmax(tpr - fpr))
     return float(thr[i])

@@ -43,7 +43,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import optimize, special, stats
 
 __all__ = [
     "clopper_pearson", "cp_lower", "cp_upper", "rank_grid", "eps_from_rates", "eps_lower_bound",
@@ -59,6 +58,8 @@ __all__ = [
 def cp_upper(k, n: int, alpha: float):
     """One-sided upper Clopper–Pearson bound for a binomial rate with ``k`` successes of ``n``
     at confidence ``1 - alpha``: ``BetaInv(1 - alpha; k + 1, n - k)``, 1 when ``k == n``."""
+    from scipy import stats  # imported here: keeps the CLI start-up torch-only
+
     k = np.asarray(k, dtype=np.float64)
     with np.errstate(invalid="ignore"):
         out = np.where(k >= n, 1.0, stats.beta.ppf(1.0 - alpha, k + 1, np.maximum(n - k, 1e-300)))
@@ -67,6 +68,8 @@ def cp_upper(k, n: int, alpha: float):
 
 def cp_lower(k, n: int, alpha: float):
     """One-sided lower Clopper–Pearson bound: ``BetaInv(alpha; k, n - k + 1)``, 0 when ``k == 0``."""
+    from scipy import stats  # imported here: keeps the CLI start-up torch-only
+
     k = np.asarray(k, dtype=np.float64)
     with np.errstate(invalid="ignore"):
         out = np.where(k <= 0, 0.0, stats.beta.ppf(alpha, np.maximum(k, 1e-300), n - k + 1))
@@ -211,6 +214,8 @@ def _max_cert(n_m: int, n_n: int, alpha: float, delta: float, grid_size: int) ->
 
 def one_run_p_value(m: int, r: int, v: int, eps: float, delta: float = 0.0) -> float:
     """P-value of ``v`` correct guesses out of ``r`` (``m`` canaries) under (eps, delta)-DP."""
+    from scipy import special, stats  # imported here: keeps the CLI start-up torch-only
+
     if not (0 <= v <= r <= m):
         raise ValueError(f"need 0 <= v <= r <= m, got v={v}, r={r}, m={m}")
     if eps < 0 or not 0 <= delta <= 1:
@@ -229,6 +234,8 @@ def one_run_p_value(m: int, r: int, v: int, eps: float, delta: float = 0.0) -> f
 
 def one_run_eps(m: int, r: int, v: int, *, alpha: float = 0.05, delta: float = 0.0) -> float:
     """Largest eps rejected at level ``alpha`` (0 if none): ``sup{eps : p(eps) < alpha}``."""
+    from scipy import optimize  # imported here: keeps the CLI start-up torch-only
+
     if one_run_p_value(m, r, v, 0.0, delta) >= alpha:
         return 0.0
     hi = 1.0

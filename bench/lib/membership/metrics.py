@@ -11,7 +11,6 @@ group split at random), so tied scores count as chance (see :func:`tpr_at_fpr`).
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import roc_auc_score, roc_curve
 
 
 def tpr_at_fpr(fpr: np.ndarray, tpr: np.ndarray, target: float) -> float:
@@ -36,6 +35,8 @@ def tpr_at_fpr(fpr: np.ndarray, tpr: np.ndarray, target: float) -> float:
 
 def membership_metrics(scores, labels) -> dict[str, float]:
     """AUC, balanced accuracy (best threshold), advantage (best threshold), TPR@0.1%/1% FPR."""
+    from sklearn.metrics import roc_auc_score, roc_curve  # imported here: keeps the CLI start-up torch-only
+
     scores = np.asarray(scores, dtype=np.float64)
     labels = np.asarray(labels).astype(int)
     if scores.shape != labels.shape or scores.ndim != 1:
