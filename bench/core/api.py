@@ -31,9 +31,10 @@ if TYPE_CHECKING:  # the library's Task is only a type here: the core imports no
     from bench.lib.tasks import Task
 
 #: ``example`` / ``label`` / ``query``: (epsilon, delta)-DP for that neighbouring relation;
+#: ``client``: user-level DP of a federated method (add/remove one client's whole data);
 #: ``metric``: metric (d_X) privacy, **not** DP (epsilon is per unit of the metric named in
 #: ``extra["metric"]``, never comparable with a DP epsilon); ``none``: no guarantee
-PRIVACY_UNITS = ("example", "label", "query", "metric", "none")
+PRIVACY_UNITS = ("example", "label", "query", "client", "metric", "none")
 
 #: what an attack measures: ``membership`` inference, model ``inversion``, attacks on a released
 #: ``generator``, and privacy ``audit`` (epsilon lower bounds)

@@ -9,6 +9,8 @@ Google's ``dp_accounting`` for everything else). Nothing here computes an epsilo
   (the scale of a family of Gaussian events for a budget);
 * DP hyperparameter selection over DP-SGD runs (Papernot & Steinke, ICLR 2022; dp_accounting's
   ``RepeatAndSelectDpEvent``): :func:`tuned_dpsgd_epsilon`, :func:`calibrate_tuned_dpsgd`;
+* Poisson-subsampled Gaussian rounds in dp_accounting (DP-FedAvg, client level):
+  :func:`poisson_gaussian_epsilon`, :func:`calibrate_poisson_gaussian`;
 * compositions of a pure epsilon0-DP mechanism: :func:`pure_dp_composition_epsilon`;
 * the PLD memory guard: :data:`PLD_MAX_POINTS`, :func:`pld_points`, :func:`check_pld`.
 """
@@ -233,6 +235,51 @@ def calibrate_gaussian_scale(make_events: Callable[[float], Sequence[tuple[float
         else:
             lo = mid
     return hi
+
+
+# ---------------------------------------------------------------------------------------------
+# Poisson-subsampled Gaussian mechanisms in dp_accounting (DP-FedAvg's rounds, for any unit)
+
+
+def _poisson_gaussian_event(noise_multiplier: float, sample_rate: float, steps: int):
+    from dp_accounting import dp_event
+
+    return dp_event.SelfComposedDpEvent(
+        dp_event.PoissonSampledDpEvent(float(sample_rate), dp_event.GaussianDpEvent(float(noise_multiplier))),
+        int(steps))
+
+
+def poisson_gaussian_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float,
+                             accountant: str = "rdp") -> float:
+    """Epsilon at ``delta`` of ``steps`` rounds of a Poisson-subsampled (rate ``sample_rate``)
+    Gaussian mechanism with multiplier ``noise_multiplier``, add/remove neighbours of whatever unit
+    is sampled (dp_accounting, ``rdp`` or ``pld``). ``sample_rate`` 1 is the plain Gaussian."""
+    if steps <= 0:
+        return 0.0
+    if accountant == "pld":
+        check_pld(noise_multiplier, steps, "PLD accountant")
+    acc = dp_accountant(accountant)
+    acc.compose(_poisson_gaussian_event(noise_multiplier, sample_rate, steps))
+    return float(acc.get_epsilon(delta))
+
+
+def calibrate_poisson_gaussian(target_epsilon: float, delta: float, sample_rate: float, steps: int,
+                               accountant: str = "rdp") -> float:
+    """The smallest multiplier with which :func:`poisson_gaussian_epsilon` spends at most
+    ``target_epsilon`` (dp_accounting's calibration on the composed event)."""
+    import logging
+
+    from dp_accounting import mechanism_calibration as mc
+
+    absl = logging.getLogger("absl")  # the RDP series' non-convergence notes at small multipliers
+    level = absl.level
+    absl.setLevel(logging.ERROR)
+    try:
+        return float(mc.calibrate_dp_mechanism(
+            lambda: dp_accountant(accountant), lambda z: _poisson_gaussian_event(z, sample_rate, steps),
+            target_epsilon, delta, mc.LowerEndpointAndGuess(1e-2, 1.0), tol=1e-4))
+    finally:
+        absl.setLevel(level)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,203 @@
+"""Federated learning machinery shared by the federated defenses (FedAvg, DP-FedAvg; later the
+ensemble transcriptions): client partitions of the member set and the FedAvg round loop.
+
+* :func:`client_partition` — N clients over the members, ``iid`` (a seeded shuffle cut into N
+  near-equal parts) or ``dirichlet`` label skew (Hsu, Qi & Brown 2019, "Measuring the effects of
+  non-identical data distribution for federated visual classification"; the split of NIID-Bench,
+  Li et al. ICDE 2022): for every class, client shares p ~ Dirichlet(alpha 1_N), the class's
+  examples cut by p; redrawn until every client holds at least ``min_size`` examples. Smaller
+  alpha, stronger skew. Deterministic in (the members' dataset rows, their labels, the seed).
+* :func:`partition_summary` — per-client sizes and class histograms, the split's fingerprint and
+  its skew (mean total-variation distance of the clients' label distributions from the pooled one).
+* :func:`run_fedavg` — FedAvg (McMahan, Moore, Ramage, Hampson & Agüera y Arcas, AISTATS 2017):
+  each round a set of clients trains the global model locally (``local_epochs`` of minibatch SGD)
+  and the server averages the returned models weighted by client size. With a :class:`ClientDP`
+  it is DP-FedAvg (McMahan, Ramage, Talwar & Zhang, ICLR 2018, "Learning differentially private
+  recurrent language models"): clients sampled independently with probability q, each client's
+  model delta clipped to L2 norm S, the clipped deltas summed with N(0, (z S)^2) noise per
+  coordinate and divided by the fixed expected count q N (their "fixed-denominator" estimator,
+  sensitivity S / (q N) for adding or removing one client), applied with a server learning rate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bench.lib.tasks import Split
+from bench.lib.train import accuracy, make_optimizer
+
+PARTITIONS = ("iid", "dirichlet")
+
+
+def client_partition(rows: np.ndarray, labels: np.ndarray, n_clients: int, scheme: str = "iid",
+                     alpha: float = 0.5, seed: int = 0, min_size: int = 10, max_draws: int = 1000) -> list[np.ndarray]:
+    """Positions (into ``rows``/``labels``) of each client's examples, each array sorted.
+
+    ``rows`` are the members' dataset row indices: the split is computed in row order, so the same
+    members give the same clients whatever order they come in. ``dirichlet`` redraws the class
+    shares until every client has ``min_size`` examples (at most ``max_draws`` draws; a ValueError
+    says when that fails, e.g. too many clients for the data)."""
+    rows = np.asarray(rows)
+    labels = np.asarray(labels)
+    if len(rows) != len(labels):
+        raise ValueError("rows and labels differ in length")
+    if n_clients < 1 or n_clients > len(rows):
+        raise ValueError(f"need 1 <= clients <= members ({len(rows)}), got {n_clients}")
+    if scheme not in PARTITIONS:
+        raise ValueError(f"partition must be one of {PARTITIONS}, got {scheme!r}")
+    order = np.argsort(rows, kind="stable")  # row order: independent of how the members were listed
+    rng = np.random.default_rng([int(seed), 0xFED])
+    if scheme == "iid":
+        perm = order[rng.permutation(len(order))]
+        return [np.sort(p) for p in np.array_split(perm, n_clients)]
+    if not alpha > 0:
+        raise ValueError(f"dirichlet alpha must be > 0, got {alpha}")
+    min_size = min(int(min_size), len(rows) // n_clients)
+    y = labels[order]
+    classes = np.unique(y)
+    for _ in range(max_draws):
+        parts: list[list[np.ndarray]] = [[] for _ in range(n_clients)]
+        for k in classes:
+            idx = order[y == k]
+            idx = idx[rng.permutation(len(idx))]
+            p = rng.dirichlet(np.full(n_clients, float(alpha)))
+            cuts = (np.cumsum(p)[:-1] * len(idx)).astype(int)
+            for i, chunk in enumerate(np.split(idx, cuts)):
+                parts[i].append(chunk)
+        out = [np.sort(np.concatenate(ch)) for ch in parts]
+        if min(len(o) for o in out) >= min_size:
+            return out
+    raise ValueError(f"dirichlet(alpha={alpha}) gave a client with fewer than {min_size} examples in "
+                     f"{max_draws} draws: use fewer clients or a larger alpha")
+
+
+def partition_summary(parts: list[np.ndarray], rows: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
+    """Sizes, class histograms (clients x classes), the fingerprint of the row assignment and the
+    label skew: the mean over clients of the total-variation distance between the client's label
+    distribution and the pooled one (0 for identical distributions, up to 1)."""
+    rows = np.asarray(rows)
+    labels = np.asarray(labels)
+    hist = np.stack([np.bincount(labels[p], minlength=num_classes) for p in parts])
+    pooled = hist.sum(0) / hist.sum()
+    local = hist / np.maximum(hist.sum(1, keepdims=True), 1)
+    tv = 0.5 * np.abs(local - pooled).sum(1)
+    h = hashlib.sha256()
+    for i, p in enumerate(parts):
+        h.update(f"{i}:".encode())
+        h.update(np.sort(rows[p]).astype(np.int64).tobytes())
+    return {"sizes": [int(len(p)) for p in parts], "class_histograms": hist.tolist(),
+            "fingerprint": h.hexdigest()[:16], "label_skew_tv": float(tv.mean())}
+
+
+@dataclass
+class ClientDP:
+    """DP-FedAvg's mechanism: Poisson client sampling with ``sample_rate`` q, per-client clip
+    ``clip`` S of the model delta, Gaussian noise multiplier ``noise_multiplier`` z (std z S on the
+    sum of clipped deltas), the sum divided by ``expected_clients`` = q N."""
+
+    sample_rate: float
+    clip: float
+    noise_multiplier: float
+    expected_clients: float
+    server_lr: float = 1.0
+
+
+def _params(model: nn.Module) -> list[torch.Tensor]:
+    return [p for p in model.parameters()]
+
+
+def local_update(model: nn.Module, data: Split, *, epochs: int, batch_size: int, lr: float, momentum: float,
+                 device, generator: torch.Generator) -> None:
+    """``epochs`` passes of minibatch SGD (cross-entropy) over one client's data, in place."""
+    opt = make_optimizer(model.parameters(), "sgd", lr, momentum=momentum)
+    model.train()
+    n = len(data)
+    for _ in range(epochs):
+        perm = torch.randperm(n, generator=generator)
+        for i in range(0, n, batch_size):
+            b = perm[i:i + batch_size]
+            xb, yb = data.x[b].to(device), data.y[b].to(device)
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(xb), yb).backward()
+            opt.step()
+
+
+def run_fedavg(model: nn.Module, clients: list[Split], *, rounds: int, local_epochs: int, batch_size: int, lr: float,
+               momentum: float = 0.0, clients_per_round: Optional[int] = None, dp: Optional[ClientDP] = None,
+               val: Optional[Split] = None, eval_every: int = 1, seed: int = 0, device="cpu",
+               progress: Callable = lambda it, **k: it) -> tuple[nn.Module, dict]:
+    """The global model after ``rounds`` rounds (the last one: no selection) and its history
+    (participants per round, validation accuracy every ``eval_every`` rounds as a diagnostic).
+
+    Without ``dp``: ``clients_per_round`` clients (all when None) drawn uniformly without
+    replacement each round, the new global model the size-weighted mean of their local models.
+    With ``dp``: every client joins with probability q independently (a round may have none); the
+    update is ``server_lr * (sum_i clip_S(delta_i) + N(0, (z S)^2 I)) / (q N)``."""
+    if any(b.numel() and torch.is_floating_point(b) for b in model.buffers()):
+        raise ValueError("federated averaging here covers parameters only: the model has float buffers")
+    model.to(device)
+    g = torch.Generator().manual_seed(int(seed) * 7_919 + 11)  # sampling and local shuffles
+    noise_g = torch.Generator(device=device).manual_seed(int(seed) * 7_919 + 13)
+    N = len(clients)
+    sizes = torch.tensor([len(c) for c in clients], dtype=torch.float64)
+    hist = {"participants": [], "val_acc": [], "val_round": [], "clipped_fraction": []}
+    local = _clone(model)
+    for r in progress(range(rounds), desc="fedavg rounds"):
+        if dp is None:
+            m = N if clients_per_round is None else min(N, int(clients_per_round))
+            chosen = torch.randperm(N, generator=g)[:m].tolist()
+        else:
+            chosen = torch.nonzero(torch.rand(N, generator=g) < dp.sample_rate).flatten().tolist()
+        hist["participants"].append(len(chosen))
+        start = [p.detach().clone() for p in _params(model)]
+        acc = [torch.zeros_like(p) for p in start]
+        clipped = 0
+        for i in chosen:
+            _load(local, start)
+            local_update(local, clients[i], epochs=local_epochs, batch_size=batch_size, lr=lr, momentum=momentum,
+                         device=device, generator=g)
+            delta = [p.detach() - s for p, s in zip(_params(local), start)]
+            if dp is None:
+                w = float(sizes[i] / sizes[chosen].sum())
+                for a, d in zip(acc, delta):
+                    a.add_(d, alpha=w)
+            else:
+                norm = math.sqrt(sum(float(d.pow(2).sum()) for d in delta))
+                scale = min(1.0, dp.clip / max(norm, 1e-12))
+                clipped += scale < 1.0
+                for a, d in zip(acc, delta):
+                    a.add_(d, alpha=scale)
+        if dp is not None:
+            for a in acc:
+                a.add_(torch.randn(a.shape, generator=noise_g, device=a.device), alpha=dp.noise_multiplier * dp.clip)
+                a.mul_(dp.server_lr / dp.expected_clients)
+            hist["clipped_fraction"].append(clipped / len(chosen) if chosen else 0.0)
+        with torch.no_grad():
+            for p, s, a in zip(_params(model), start, acc):
+                p.copy_(s + a)
+        if val is not None and len(val) and ((r + 1) % eval_every == 0 or r == rounds - 1):
+            hist["val_acc"].append(accuracy(model, val, device))
+            hist["val_round"].append(r + 1)
+    model.eval()
+    return model, hist
+
+
+def _clone(model: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(model)
+
+
+def _load(model: nn.Module, values: list[torch.Tensor]) -> None:
+    with torch.no_grad():
+        for p, v in zip(_params(model), values):
+            p.copy_(v)
