@@ -9,7 +9,7 @@ replaces it with their size-weighted average. Non-private (unit ``none``): it is
 reference row, as ``none`` is the centralised one. The release is the model after the last round
 (no selection); the validation accuracy per round is a diagnostic.
 
-Defaults (10 clients, full participation, E = 1, B = 50, SGD lr 0.05, 20 rounds) follow the
+Defaults (10 clients, full participation, E = 1, B = 50, SGD lr 0.05, 10 rounds) follow the
 paper's MNIST CNN experiments in kind (E in {1, 5, 20}, B in {10, 50}); the round count is a CPU
 scale-down (the paper runs hundreds of rounds to reach 99 %). Partition details (redraw until
 every client has 10 examples, NIID-Bench's rule) are in docs/methods/fedavg.md.
@@ -37,7 +37,7 @@ class FedAvgConfig:
     alpha: float = 0.5
     #: clients per round (None = all)
     clients_per_round: Optional[int] = None
-    rounds: int = 20
+    rounds: int = 10
     local_epochs: int = 1
     batch_size: int = 50
     lr: float = 0.05
