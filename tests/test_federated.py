@@ -107,6 +107,29 @@ def test_one_full_batch_round_is_one_centralised_gradient_step():
     assert not torch.allclose(_flat(fed), _flat(_net()))  # it moved
 
 
+def test_conv_nets_train_channels_last_and_come_back_standard():
+    """The cnn (2-d convolutions) runs channels_last inside the loop: the full-batch identity still
+    holds to float rounding, and the model comes back in the standard layout (dropout off so that
+    both paths compute the same function)."""
+    g = torch.Generator().manual_seed(3)
+    clients = [Split(torch.rand(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g)) for n in (6, 10)]
+    spec = {"name": "cnn", "in_channels": 1, "image_size": 28, "num_classes": 10, "dropout": 0.0}
+    torch.manual_seed(0)
+    fed, _ = run_fedavg(build_model(spec), clients, rounds=1, local_epochs=1, batch_size=100, lr=0.1)
+    assert all(p.is_contiguous() for p in fed.parameters())
+    torch.manual_seed(0)
+    central = build_model(spec)
+    init = _flat(central)
+    x = torch.cat([c.x for c in clients])
+    y = torch.cat([c.y for c in clients])
+    F.cross_entropy(central(x), y).backward()
+    with torch.no_grad():
+        for p in central.parameters():
+            p -= 0.1 * p.grad
+    assert torch.allclose(_flat(fed), _flat(central), atol=1e-5)
+    assert not torch.allclose(_flat(fed), init)
+
+
 def test_dp_round_without_noise_or_clipping_is_the_unweighted_fedavg_round():
     clients = _clients([40, 40, 40, 40])
     fed, _ = run_fedavg(_net(), clients, rounds=2, local_epochs=1, batch_size=100, lr=0.1)

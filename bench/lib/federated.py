@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.lib.tasks import Split
-from bench.lib.train import accuracy, make_optimizer
+from bench.lib.train import accuracy, conv_layout, make_optimizer, memory_layout
 
 PARTITIONS = ("iid", "dirichlet")
 
@@ -116,8 +116,9 @@ def _params(model: nn.Module) -> list[torch.Tensor]:
 
 
 def local_update(model: nn.Module, data: Split, *, epochs: int, batch_size: int, lr: float, momentum: float,
-                 device, generator: torch.Generator) -> None:
-    """``epochs`` passes of minibatch SGD (cross-entropy) over one client's data, in place."""
+                 device, generator: torch.Generator, layout=torch.contiguous_format) -> None:
+    """``epochs`` passes of minibatch SGD (cross-entropy) over one client's data, in place
+    (batches in ``layout``, the model's memory format)."""
     opt = make_optimizer(model.parameters(), "sgd", lr, momentum=momentum)
     model.train()
     n = len(data)
@@ -125,7 +126,7 @@ def local_update(model: nn.Module, data: Split, *, epochs: int, batch_size: int,
         perm = torch.randperm(n, generator=generator)
         for i in range(0, n, batch_size):
             b = perm[i:i + batch_size]
-            xb, yb = data.x[b].to(device), data.y[b].to(device)
+            xb, yb = data.x[b].to(device).contiguous(memory_format=layout), data.y[b].to(device)
             opt.zero_grad(set_to_none=True)
             F.cross_entropy(model(xb), yb).backward()
             opt.step()
@@ -147,10 +148,21 @@ def run_fedavg(model: nn.Module, clients: list[Split], *, rounds: int, local_epo
     model.to(device)
     g = torch.Generator().manual_seed(int(seed) * 7_919 + 11)  # sampling and local shuffles
     noise_g = torch.Generator(device=device).manual_seed(int(seed) * 7_919 + 13)
-    N = len(clients)
     sizes = torch.tensor([len(c) for c in clients], dtype=torch.float64)
     hist = {"participants": [], "val_acc": [], "val_round": [], "clipped_fraction": []}
     local = _clone(model)
+    # conv nets train channels_last (as fit_classifier): the same values up to float rounding
+    layout = conv_layout(model, clients[0].x) if clients else torch.contiguous_format
+    with memory_layout(layout, model, local):
+        _rounds(model, local, clients, rounds, local_epochs, batch_size, lr, momentum, clients_per_round, dp, val,
+                eval_every, device, progress, g, noise_g, sizes, hist, layout)
+    model.eval()
+    return model, hist
+
+
+def _rounds(model, local, clients, rounds, local_epochs, batch_size, lr, momentum, clients_per_round, dp, val,
+            eval_every, device, progress, g, noise_g, sizes, hist, layout) -> None:
+    N = len(clients)
     for r in progress(range(rounds), desc="fedavg rounds"):
         if dp is None:
             m = N if clients_per_round is None else min(N, int(clients_per_round))
@@ -164,7 +176,7 @@ def run_fedavg(model: nn.Module, clients: list[Split], *, rounds: int, local_epo
         for i in chosen:
             _load(local, start)
             local_update(local, clients[i], epochs=local_epochs, batch_size=batch_size, lr=lr, momentum=momentum,
-                         device=device, generator=g)
+                         device=device, generator=g, layout=layout)
             delta = [p.detach() - s for p, s in zip(_params(local), start)]
             if dp is None:
                 w = float(sizes[i] / sizes[chosen].sum())
@@ -187,8 +199,6 @@ def run_fedavg(model: nn.Module, clients: list[Split], *, rounds: int, local_epo
         if val is not None and len(val) and ((r + 1) % eval_every == 0 or r == rounds - 1):
             hist["val_acc"].append(accuracy(model, val, device))
             hist["val_round"].append(r + 1)
-    model.eval()
-    return model, hist
 
 
 def _clone(model: nn.Module) -> nn.Module:
