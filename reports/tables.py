@@ -217,7 +217,7 @@ def accuracy_table(df: pd.DataFrame, published: str | Path | None = None) -> Tab
     split = describe_test_split(sorted(acc["dataset"].unique()))
     notes = [f"Ours: test accuracy on {split}, mean ± std over seeds; ε is the target budget "
              "(δ " + ", ".join(f"{d}: {v:g}" for d, v in sorted(deltas.items())) + "), in each method's own "
-             "privacy unit (example, label, query; metric = metric privacy, not DP): equal ε in different units is not equal privacy. The ε each "
+             "privacy unit (example, label, query, client; metric = metric privacy, not DP): equal ε in different units is not equal privacy. The ε each "
              "accountant recorded is in the summary table."
              if deltas else f"Ours: test accuracy on {split}, mean ± std over seeds."]
     chosen = {t: selection_tag(t) for t in dict.fromkeys(selection_of.get(r, "") for r in methods) if t}
