@@ -5,7 +5,8 @@ Talwar, Zhang, "Learning Differentially Private Recurrent Language Models", ICLR
 Each round every client joins independently with probability q = ``expected_clients_per_round`` /
 ``clients`` (Poisson sampling); a joining client trains the global model for ``local_epochs``
 epochs of minibatch SGD on its own data and returns its model delta, clipped to L2 norm
-``clip`` S (flat clipping over all parameters); the server adds N(0, (z S)^2) per coordinate to
+``clip`` S (flat clipping over all parameters; a non-finite delta, from a local run that diverged,
+counts as zero, which keeps the bound); the server adds N(0, (z S)^2) per coordinate to
 the sum of clipped deltas, divides by the fixed expected count q N and applies it with
 ``server_lr``. Privacy unit ``client`` (user-level DP): neighbouring datasets add or remove one
 client's whole data. Adding a client changes the sum by at most S whatever its data, so each round
@@ -115,10 +116,11 @@ class DPFedAvg(Defense):
         privacy.selection = LAST_ITERATE
         # participation per round is public given q (the sampling is the mechanism's own coin flips);
         # the clipped fraction is a noise-free statistic of the members: the experimenter's, not released
-        released_hist = {k: v for k, v in hist.items() if k != "clipped_fraction"}
+        released_hist = {k: v for k, v in hist.items() if k not in ("clipped_fraction", "nonfinite_clients")}
         return Release({"model": model.cpu()}, {"model": spec}, privacy,
                        {"history": released_hist, "partition": c.partition,
                         "alpha": c.alpha if c.partition == "dirichlet" else None,
                         "simulation": {"clients": split, "clipped_fraction": hist["clipped_fraction"],
+                                       "nonfinite_clients": hist["nonfinite_clients"],
                                        "note": "noise-free statistics of the members for the experimenter; "
                                                "not part of the released model"}})

@@ -163,6 +163,18 @@ def test_clipping_bounds_one_clients_influence_on_the_sum():
     assert float((_flat(b) - _flat(a)).norm()) > 10 * S
 
 
+def test_a_diverged_client_contributes_nothing_and_the_model_stays_finite():
+    """A client whose local run gives non-finite weights (here: infinite inputs) adds zero, not NaN:
+    the sum keeps its bound S and the global model stays finite."""
+    good = _clients([30, 30])
+    bad = Split(torch.full((30, 1, 8, 8), float("inf")), torch.zeros(30, dtype=torch.long))
+    dp = ClientDP(sample_rate=1.0, clip=0.1, noise_multiplier=0.0, expected_clients=1.0)
+    with_bad, h = run_fedavg(_net(), good + [bad], rounds=1, local_epochs=1, batch_size=100, lr=0.5, dp=dp)
+    without, _ = run_fedavg(_net(), good, rounds=1, local_epochs=1, batch_size=100, lr=0.5, dp=dp)
+    assert torch.isfinite(_flat(with_bad)).all() and h["nonfinite_clients"] == [1]
+    assert torch.allclose(_flat(with_bad), _flat(without), atol=1e-6)
+
+
 def test_noise_is_added_even_in_a_round_without_participants():
     dp = ClientDP(sample_rate=1e-9, clip=1.0, noise_multiplier=1.0, expected_clients=1.0)
     m, h = run_fedavg(_net(), _clients([20, 20]), rounds=1, local_epochs=1, batch_size=10, lr=0.1, dp=dp)

@@ -14,7 +14,8 @@ ensemble transcriptions): client partitions of the member set and the FedAvg rou
   and the server averages the returned models weighted by client size. With a :class:`ClientDP`
   it is DP-FedAvg (McMahan, Ramage, Talwar & Zhang, ICLR 2018, "Learning differentially private
   recurrent language models"): clients sampled independently with probability q, each client's
-  model delta clipped to L2 norm S, the clipped deltas summed with N(0, (z S)^2) noise per
+  model delta clipped to L2 norm S (a non-finite delta, from a local run that diverged, counts as
+  zero), the clipped deltas summed with N(0, (z S)^2) noise per
   coordinate and divided by the fixed expected count q N (their "fixed-denominator" estimator,
   sensitivity S / (q N) for adding or removing one client), applied with a server learning rate.
 """
@@ -149,7 +150,7 @@ def run_fedavg(model: nn.Module, clients: list[Split], *, rounds: int, local_epo
     g = torch.Generator().manual_seed(int(seed) * 7_919 + 11)  # sampling and local shuffles
     noise_g = torch.Generator(device=device).manual_seed(int(seed) * 7_919 + 13)
     sizes = torch.tensor([len(c) for c in clients], dtype=torch.float64)
-    hist = {"participants": [], "val_acc": [], "val_round": [], "clipped_fraction": []}
+    hist = {"participants": [], "val_acc": [], "val_round": [], "clipped_fraction": [], "nonfinite_clients": []}
     local = _clone(model)
     # conv nets train channels_last (as fit_classifier): the same values up to float rounding
     layout = conv_layout(model, clients[0].x) if clients else torch.contiguous_format
@@ -172,7 +173,7 @@ def _rounds(model, local, clients, rounds, local_epochs, batch_size, lr, momentu
         hist["participants"].append(len(chosen))
         start = [p.detach().clone() for p in _params(model)]
         acc = [torch.zeros_like(p) for p in start]
-        clipped = 0
+        clipped = nonfinite = 0
         for i in chosen:
             _load(local, start)
             local_update(local, clients[i], epochs=local_epochs, batch_size=batch_size, lr=lr, momentum=momentum,
@@ -184,15 +185,20 @@ def _rounds(model, local, clients, rounds, local_epochs, batch_size, lr, momentu
                     a.add_(d, alpha=w)
             else:
                 norm = math.sqrt(sum(float(d.pow(2).sum()) for d in delta))
-                scale = min(1.0, dp.clip / max(norm, 1e-12))
+                # a diverged local run (inf/NaN delta) contributes nothing: 0 * inf would be NaN,
+                # and a non-finite contribution would break the sensitivity bound S
+                scale = min(1.0, dp.clip / max(norm, 1e-12)) if math.isfinite(norm) else 0.0
                 clipped += scale < 1.0
-                for a, d in zip(acc, delta):
-                    a.add_(d, alpha=scale)
+                nonfinite += not math.isfinite(norm)
+                if scale > 0:  # (alpha 0 would still propagate a NaN)
+                    for a, d in zip(acc, delta):
+                        a.add_(d, alpha=scale)
         if dp is not None:
             for a in acc:
                 a.add_(torch.randn(a.shape, generator=noise_g, device=a.device), alpha=dp.noise_multiplier * dp.clip)
                 a.mul_(dp.server_lr / dp.expected_clients)
             hist["clipped_fraction"].append(clipped / len(chosen) if chosen else 0.0)
+            hist["nonfinite_clients"].append(nonfinite)
         with torch.no_grad():
             for p, s, a in zip(_params(model), start, acc):
                 p.copy_(s + a)
