@@ -15,9 +15,8 @@ dp_accounting (RDP by default, PLD optional), and z is calibrated so that they s
 epsilon. q, the denominator, the clip and the round count are configuration values, never
 functions of the data. The release is the last round's model (no selection on any split).
 
-Client-level DP implies nothing smaller for free only in the add/remove sense: one member's
-change alters its client's clipped delta by up to 2 S (a replace-one-client relation), which is
-not accounted here; the report records no example-level epsilon, and tables show the unit.
+No example-level epsilon is claimed: one member's change alters its client's clipped delta by up
+to 2 S (a replace-one-client relation), which is not accounted here; tables show the unit.
 
 The partition (:func:`bench.lib.federated.client_partition`) is the simulation's: per-client
 sizes and class histograms are noise-free statistics of the members, kept in the cell's info
@@ -30,11 +29,9 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
-
 from bench.api import LAST_ITERATE, BenchError, Defense, PrivacyReport, Release, register_defense
 from bench.lib.accounting import calibrate_poisson_gaussian, poisson_gaussian_epsilon
-from bench.lib.federated import ClientDP, client_partition, partition_summary, run_fedavg
+from bench.lib.federated import ClientDP, run_fedavg, split_members
 from bench.lib.models import build_model, spec_for
 from bench.lib.train import seed_everything
 
@@ -79,14 +76,11 @@ class DPFedAvg(Defense):
     def fit(self, ctx) -> Release:
         c = self.config
         seed_everything(ctx.seed)
-        members = ctx.task.members
-        rows = members.index if members.index is not None else np.arange(len(members))
-        labels = members.y.numpy()
         try:
-            parts = client_partition(rows, labels, c.clients, c.partition, c.alpha, ctx.seed)
+            clients, split = split_members(ctx.task.members, ctx.task.num_classes, c.clients, c.partition, c.alpha,
+                                           ctx.seed)
         except ValueError as e:
             raise BenchError(f"dp-fedavg: {e}") from None
-        split = partition_summary(parts, rows, labels, ctx.task.num_classes)
         q = c.expected_clients_per_round / c.clients
         private = not math.isinf(ctx.epsilon)
         z = calibrate_poisson_gaussian(ctx.epsilon, ctx.delta, q, c.rounds, c.accountant) if private else 0.0
@@ -96,7 +90,7 @@ class DPFedAvg(Defense):
         model = build_model(spec)
         dp = ClientDP(sample_rate=q, clip=c.clip, noise_multiplier=z, expected_clients=c.expected_clients_per_round,
                       server_lr=c.server_lr)
-        model, hist = run_fedavg(model, [members.subset(p) for p in parts], rounds=c.rounds,
+        model, hist = run_fedavg(model, clients, rounds=c.rounds,
                                  local_epochs=c.local_epochs, batch_size=c.batch_size, lr=c.lr, momentum=c.momentum,
                                  dp=dp, val=ctx.task.val, eval_every=c.eval_every, seed=ctx.seed, device=ctx.device,
                                  progress=ctx.progress)

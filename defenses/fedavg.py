@@ -20,10 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-import numpy as np
-
 from bench.api import LAST_ITERATE, BenchError, Defense, PrivacyReport, Release, register_defense
-from bench.lib.federated import client_partition, partition_summary, run_fedavg
+from bench.lib.federated import run_fedavg, split_members
 from bench.lib.models import build_model, spec_for
 from bench.lib.train import seed_everything
 
@@ -66,19 +64,16 @@ class FedAvg(Defense):
     def fit(self, ctx) -> Release:
         c = self.config
         seed_everything(ctx.seed)
-        members = ctx.task.members
-        rows = members.index if members.index is not None else np.arange(len(members))
-        labels = members.y.numpy()
         try:
-            parts = client_partition(rows, labels, c.clients, c.partition, c.alpha, ctx.seed)
+            clients, split = split_members(ctx.task.members, ctx.task.num_classes, c.clients, c.partition, c.alpha,
+                                           ctx.seed)
         except ValueError as e:
             raise BenchError(f"fedavg: {e}") from None
-        split = partition_summary(parts, rows, labels, ctx.task.num_classes)
         ctx.log(f"fedavg: {c.clients} clients ({c.partition}{f', alpha {c.alpha:g}' if c.partition == 'dirichlet' else ''}), "
                 f"label skew (mean TV) {split['label_skew_tv']:.3f}, split {split['fingerprint']}")
         spec = spec_for(ctx.task, c.arch)
         model = build_model(spec)
-        model, hist = run_fedavg(model, [members.subset(p) for p in parts], rounds=c.rounds,
+        model, hist = run_fedavg(model, clients, rounds=c.rounds,
                                  local_epochs=c.local_epochs, batch_size=c.batch_size, lr=c.lr, momentum=c.momentum,
                                  clients_per_round=c.clients_per_round, val=ctx.task.val, eval_every=c.eval_every,
                                  seed=ctx.seed, device=ctx.device, progress=ctx.progress)

@@ -7,6 +7,7 @@ ensemble transcriptions): client partitions of the member set and the FedAvg rou
   Li et al. ICDE 2022): for every class, client shares p ~ Dirichlet(alpha 1_N), the class's
   examples cut by p; redrawn until every client holds at least ``min_size`` examples. Smaller
   alpha, stronger skew. Deterministic in (the members' dataset rows, their labels, the seed).
+* :func:`split_members` — a task's members as client splits, with their summary;
 * :func:`partition_summary` — per-client sizes and class histograms, the split's fingerprint and
   its skew (mean total-variation distance of the clients' label distributions from the pooled one).
 * :func:`run_fedavg` — FedAvg (McMahan, Moore, Ramage, Hampson & Agüera y Arcas, AISTATS 2017):
@@ -97,6 +98,16 @@ def partition_summary(parts: list[np.ndarray], rows: np.ndarray, labels: np.ndar
         h.update(np.sort(rows[p]).astype(np.int64).tobytes())
     return {"sizes": [int(len(p)) for p in parts], "class_histograms": hist.tolist(),
             "fingerprint": h.hexdigest()[:16], "label_skew_tv": float(tv.mean())}
+
+
+def split_members(members: Split, num_classes: int, n_clients: int, scheme: str = "iid", alpha: float = 0.5,
+                  seed: int = 0) -> tuple[list[Split], dict]:
+    """The members cut into clients (:func:`client_partition` on their dataset rows and labels)
+    and the split's :func:`partition_summary`. ValueError as :func:`client_partition`."""
+    rows = members.index if members.index is not None else np.arange(len(members))
+    labels = members.y.numpy()
+    parts = client_partition(rows, labels, n_clients, scheme, alpha, seed)
+    return [members.subset(p) for p in parts], partition_summary(parts, rows, labels, num_classes)
 
 
 @dataclass
