@@ -69,6 +69,8 @@ class DPDFD(Defense):
         c = self.config
         if math.isinf(ctx.epsilon):
             raise BenchError("dpdfd needs a finite epsilon")
+        if c.teachers > 1:
+            return self._fit_ensemble(ctx)
         teacher = D.get_teacher(ctx, c.teacher)
         # ---- from here on the private training set (ctx.task.members) is never read ----
         task = ctx.task
@@ -109,5 +111,28 @@ class DPDFD(Defense):
                 "teacher": "none" + (f" {c.teacher}" if c.teacher else " (NoneConfig defaults)")}
         if canaries is not None:
             info["own_unit_canaries"] = {**D.canary_info(canaries), "mode": "data", "unit": privacy.unit}
+        return Release({"model": student.cpu(), "generator": generator.cpu()},
+                       {"model": sspec, "generator": gspec}, privacy, info)
+
+    def _fit_ensemble(self, ctx) -> Release:
+        """Ensemble transcription (``teachers`` > 1; :func:`bench.lib.distill.transcribe_ensemble`):
+        the authors' multi-teacher option (``multiT``: the normalized gradient averaged over
+        teachers) on disjoint shards or clients, noised per query, accounted in unit ``example``
+        or ``client``."""
+        c = self.config
+        task = ctx.task
+        sspec = spec_for(task, c.student_arch)
+        gspec = spec_for(task, {"name": "dafl-generator", "latent_dim": c.latent_dim, "width": c.generator_width,
+                                **D.generator_spec_args(task.dataset, c.generator_output)})
+        student = D.seeded_init(ctx.seed * 1000 + 21, lambda: build_model(sspec))
+        generator = D.seeded_init(ctx.seed * 1000 + 23, lambda: build_model(gspec))
+        loop = D.LoopConfig(c.iterations, c.batch_size, c.lr_student, c.lr_generator, c.w_oh, c.w_ie, c.w_act, 0.0,
+                            c.eval_every, c.select_on_val, generator_every=c.generator_every, ema=c.ema,
+                            query_every=c.query_every)
+        hist, privacy, tinfo = D.transcribe_ensemble(
+            ctx, c, loop, student=student, generator=generator, rng=torch.Generator().manual_seed(ctx.seed * 1000 + 27),
+            noise_rng=torch.Generator().manual_seed(ctx.seed * 1000 + 29), mode="data", loss="kl")
+        info = {"history": hist, "selected_by": hist["selected_by"], "selected_iteration": hist["selected_iteration"],
+                "teacher": "ensemble", "ensemble": tinfo}
         return Release({"model": student.cpu(), "generator": generator.cpu()},
                        {"model": sspec, "generator": gspec}, privacy, info)

@@ -108,20 +108,15 @@ class DPSD(Defense):
         c = self.config
         if math.isinf(ctx.epsilon):
             raise BenchError("dpsd needs a finite epsilon")
+        if c.teachers > 1:
+            return self._fit_ensemble(ctx)
         teacher = D.get_teacher(ctx, c.teacher)
         # ---- from here on the private training set (ctx.task.members) is never read ----
         task = ctx.task
         K = task.num_classes
-        sspec = spec_for(task, c.student_arch)
-        gout = c.generator_output if c.generator_output != "auto" else ("tanh" if c.mode == "data" else "dataset-stats")
-        gspec = spec_for(task, {"name": "dafl-generator", "latent_dim": c.latent_dim, "width": c.generator_width,
-                                **D.generator_spec_args(task.dataset, gout)})
-        student = D.seeded_init(ctx.seed * 1000 + 11, lambda: build_model(sspec))
-        generator = D.seeded_init(ctx.seed * 1000 + 13, lambda: build_model(gspec))
-        rng = torch.Generator().manual_seed(ctx.seed * 1000 + 17)  # latent codes
-        noise_rng = torch.Generator().manual_seed(ctx.seed * 1000 + 19)  # DP noise
-        loop = D.LoopConfig(c.iterations, c.batch_size, c.lr_student, c.lr_generator, c.w_oh, c.w_ie, c.w_act,
-                            c.w_adv, c.eval_every, c.select_on_val, generator_every=c.generator_every, ema=c.ema)
+        sspec, gout, gspec = self._specs(task)
+        student, generator, rng, noise_rng = self._nets(ctx, sspec, gspec)
+        loop = self._loop_config()
         k = c.top_k if 0 < c.top_k < K else K
         canaries = D.make_canaries(c.own_unit_canaries, task.image_shape, c.iterations, ctx.seed, "dpsd")
         if c.mode == "data":
@@ -178,5 +173,44 @@ class DPSD(Defense):
                 "mode": c.mode, "generator_output": gout, "teacher": "none" + (f" {c.teacher}" if c.teacher else " (NoneConfig defaults)")}
         if canaries is not None:
             info["own_unit_canaries"] = {**D.canary_info(canaries), "mode": c.mode, "unit": privacy.unit}
+        return Release({"model": student.cpu(), "generator": generator.cpu()},
+                       {"model": sspec, "generator": gspec}, privacy, info)
+
+    # --- pieces shared by the single-teacher and the ensemble paths
+    def _specs(self, task):
+        c = self.config
+        sspec = spec_for(task, c.student_arch)
+        gout = c.generator_output if c.generator_output != "auto" else ("tanh" if c.mode == "data" else "dataset-stats")
+        gspec = spec_for(task, {"name": "dafl-generator", "latent_dim": c.latent_dim, "width": c.generator_width,
+                                **D.generator_spec_args(task.dataset, gout)})
+        return sspec, gout, gspec
+
+    def _nets(self, ctx, sspec, gspec):
+        student = D.seeded_init(ctx.seed * 1000 + 11, lambda: build_model(sspec))
+        generator = D.seeded_init(ctx.seed * 1000 + 13, lambda: build_model(gspec))
+        rng = torch.Generator().manual_seed(ctx.seed * 1000 + 17)  # latent codes
+        noise_rng = torch.Generator().manual_seed(ctx.seed * 1000 + 19)  # DP noise
+        return student, generator, rng, noise_rng
+
+    def _loop_config(self) -> D.LoopConfig:
+        c = self.config
+        return D.LoopConfig(c.iterations, c.batch_size, c.lr_student, c.lr_generator, c.w_oh, c.w_ie, c.w_act,
+                            c.w_adv, c.eval_every, c.select_on_val, generator_every=c.generator_every, ema=c.ema,
+                            query_every=c.query_every)
+
+    def _fit_ensemble(self, ctx) -> Release:
+        """Ensemble transcription (``teachers`` > 1, :mod:`bench.lib.distill.ensemble`): N MLP
+        teachers on disjoint shards (unit ``example``) or clients (unit ``client``), the mean of
+        their normalized gradients (data mode) or their vote histogram (label mode, GNMax) noised
+        per query, sequential composition over the query iterations."""
+        c = self.config
+        task = ctx.task
+        sspec, gout, gspec = self._specs(task)
+        student, generator, rng, noise_rng = self._nets(ctx, sspec, gspec)
+        hist, privacy, tinfo = D.transcribe_ensemble(ctx, c, self._loop_config(), student=student,
+                                                     generator=generator, rng=rng, noise_rng=noise_rng,
+                                                     mode=c.mode, loss=c.loss)
+        info = {"history": hist, "selected_by": hist["selected_by"], "selected_iteration": hist["selected_iteration"],
+                "mode": c.mode, "generator_output": gout, "teacher": "ensemble", "ensemble": tinfo}
         return Release({"model": student.cpu(), "generator": generator.cpu()},
                        {"model": sspec, "generator": gspec}, privacy, info)

@@ -44,82 +44,14 @@ from typing import Literal, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from bench.api import BenchError, Defense, PrivacyReport, Release, register_defense, val_selection
 from bench.lib.accounting import calibrate_gaussian_scale, gaussian_rdp_epsilon
 from bench.lib.models import build_model, spec_for
-from bench.lib.synthetic import adam, partition, row_universe, shard_capacity, train_student
+from bench.lib.synthetic import partition, row_universe, shard_capacity, train_student
+from bench.lib.synthetic.teachers import MLPClassifierEnsemble, teacher_batches_per_epoch
 from bench.lib.tasks import Split
 from bench.lib.train import seed_everything
-
-
-class MLPEnsemble:
-    """N one-hidden-layer ReLU MLP classifiers as stacked tensors (leading dimension N), trained
-    with one Adam over the stacked tensors (= N independent Adams: the loss is a sum over
-    teachers and Adam is elementwise). PyTorch's default Linear initialisation per teacher."""
-
-    def __init__(self, n: int, dim: int, num_classes: int, hidden: int, generator: torch.Generator, lr: float,
-                 device="cpu"):
-        def unif(shape, fan_in):
-            b = 1.0 / math.sqrt(fan_in)
-            return ((torch.rand(*shape, generator=generator) * 2 - 1) * b).to(device).requires_grad_(True)
-
-        self.n = n
-        self.W1, self.b1 = unif((n, dim, hidden), dim), unif((n, 1, hidden), dim)
-        self.W2, self.b2 = unif((n, hidden, num_classes), hidden), unif((n, 1, num_classes), hidden)
-        self.params = [self.W1, self.b1, self.W2, self.b2]
-        self.opt = adam(self.params, lr, 0.9)
-
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (N, M, dim) per teacher, or (M, dim) shared -> (N, M, K)."""
-        if x.dim() == 2:
-            x = x.unsqueeze(0)
-        h = F.relu(torch.matmul(x, self.W1) + self.b1)
-        return torch.matmul(h, self.W2) + self.b2
-
-    def fit(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, *, epochs: int, batch_size: int,
-            generator: torch.Generator, progress=lambda it, **k: it) -> None:
-        """Minibatch training of every teacher on its own shard, padded to the **public** slot
-        capacity M (x (N, M, dim), y, mask (N, M)). Each epoch visits every teacher's shard once
-        in a per-teacher random order (real examples first, padding last) in
-        :func:`teacher_batches_per_epoch` (M, batch_size) steps: the schedule is a function of the
-        public capacity, never of the realised shard sizes, so one member changes one teacher's
-        data and nothing else (a batch that is all padding gives that teacher a zero gradient;
-        its Adam step then moves by momentum only, whatever the other shards hold). The training
-        loss is not recorded: it is a noise-free statistic of the members."""
-        N, M, _ = x.shape
-        for _ in progress(range(epochs), desc="pate teacher epochs", leave=False):
-            # a random order of each teacher's real examples first, padding last
-            keys = torch.rand(N, M, generator=generator) + (~mask).float() * 2
-            order = keys.argsort(1)
-            for b in range(teacher_batches_per_epoch(M, batch_size)):
-                idx = order[:, b * batch_size:(b + 1) * batch_size]
-                xb = torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[2]))
-                yb = torch.gather(y, 1, idx)
-                mb = torch.gather(mask, 1, idx).float()
-                logit = self.logits(xb)
-                ce = F.cross_entropy(logit.reshape(-1, logit.shape[-1]), yb.reshape(-1), reduction="none")
-                per = (ce.view_as(mb) * mb).sum(1) / mb.sum(1).clamp_min(1)
-                self.opt.zero_grad(set_to_none=True)
-                per.sum().backward()
-                self.opt.step()
-
-    @torch.no_grad()
-    def votes(self, x: torch.Tensor, num_classes: int, chunk: int = 500) -> torch.Tensor:
-        """Vote histograms (Q, K) of the teachers' argmax predictions on shared queries x (Q, dim)."""
-        out = []
-        for a in range(0, len(x), chunk):
-            pred = self.logits(x[a:a + chunk]).argmax(-1)  # (N, q)
-            out.append(F.one_hot(pred, num_classes).sum(0).float())
-        return torch.cat(out)
-
-
-def teacher_batches_per_epoch(capacity: int, batch_size: int) -> int:
-    """Optimizer steps per teacher epoch: ceil(capacity / batch_size), with ``capacity`` the
-    public slot capacity of a shard (:func:`bench.lib.synthetic.partition.shard_capacity`), so that adding or
-    removing a member never changes any teacher's number of steps."""
-    return max(1, math.ceil(int(capacity) / int(batch_size)))
 
 
 def confident_gnmax(counts: torch.Tensor, threshold: float, sigma1: float, sigma2: float,
@@ -202,7 +134,7 @@ class PATE(Defense):
             pos[i, :len(s)], mask[i, :len(s)] = s, True
         pos_t = torch.from_numpy(pos)
         gen = torch.Generator().manual_seed(ctx.seed * 7717 + 1)
-        ens = MLPEnsemble(N, x.shape[1], K, c.teacher_hidden, gen, c.teacher_lr)
+        ens = MLPClassifierEnsemble(N, x.shape[1], K, c.teacher_hidden, gen, c.teacher_lr)
         ens.fit(x[pos_t], members.y[pos_t], torch.from_numpy(mask), epochs=c.teacher_epochs,
                 batch_size=c.teacher_batch_size, generator=gen, progress=ctx.progress)
         t_teach = time.time() - t0

@@ -10,6 +10,8 @@ implementation of every building block, used by both (``from bench.lib import di
 * :mod:`.canaries`: own-unit audit canaries;
 * :mod:`.loop`: :func:`transcribe`, the alternating generator / teacher / student loop;
 * :mod:`.teacher`: the shared non-private teacher and seeded model construction;
+* :mod:`.ensemble`: N teachers on disjoint shards or clients, their aggregated mechanisms and
+  accounting (privacy unit ``example`` or ``client``);
 * :mod:`.config`: :class:`TranscriptionConfig`, the base of both defenses' configs.
 
 The only place a teacher output is used is the ``annotate`` call of :func:`transcribe`: the
@@ -34,6 +36,20 @@ from bench.lib.distill.annotators import (
 )
 from bench.lib.distill.canaries import CANARY_KEYS, QueryCanaries, canary_info, make_canaries
 from bench.lib.distill.config import TranscriptionConfig
+from bench.lib.distill.ensemble import (
+    ENSEMBLE_UNITS,
+    EnsembleGaussianAnnotator,
+    EnsembleLedger,
+    EnsembleTeacher,
+    EnsembleVoteAnnotator,
+    ensemble_privacy_extra,
+    fit_teacher_ensemble,
+    plan_ensemble,
+    query_iterations,
+    setup_ensemble,
+    transcribe_ensemble,
+    vote_histogram,
+)
 from bench.lib.distill.loop import LoopConfig, adversarial_loss_fn, student_loss_fn, transcribe
 from bench.lib.distill.losses import dafl_losses, dkd_per_sample, kl_per_sample, per_sample_logit_grad
 from bench.lib.distill.nets import (
@@ -56,7 +72,9 @@ from bench.lib.distill.noise import (
 from bench.lib.distill.teacher import get_teacher, seeded_init
 
 __all__ = [
-    "CANARY_KEYS", "NOISE_SCALES", "PLD_MAX_POINTS", "QUERY_UNITS", "DAFLGenerator", "GaussianAnnotator",
+    "CANARY_KEYS", "ENSEMBLE_UNITS", "EnsembleGaussianAnnotator", "EnsembleLedger", "EnsembleTeacher",
+    "EnsembleVoteAnnotator", "ensemble_privacy_extra", "fit_teacher_ensemble", "plan_ensemble", "query_iterations",
+    "setup_ensemble", "transcribe_ensemble", "vote_histogram", "NOISE_SCALES", "PLD_MAX_POINTS", "QUERY_UNITS", "DAFLGenerator", "GaussianAnnotator",
     "GaussianLedger", "GaussianPlan", "LoopConfig", "QueryCanaries", "RRAnnotator", "StudentCNN",
     "TranscriptionConfig", "adversarial_loss_fn", "calibrate_gaussian", "canary_info", "dafl_losses",
     "dkd_per_sample", "gaussian_epsilon", "gaussian_privacy_extra", "generator_spec_args", "get_teacher",

@@ -60,6 +60,21 @@ class TranscriptionConfig:
     ema: float = 0.0
     eval_every: int = 20
     select_on_val: bool = True
+    # --- ensemble transcription (bench.lib.distill.ensemble): teachers > 1 trains one MLP
+    # classifier per disjoint part of the members instead of using the shared ``none`` teacher
+    #: 1 = the single shared teacher (privacy unit query / label); N > 1 = ensemble
+    teachers: int = 1
+    #: ``record`` (shards, unit example) or ``iid`` / ``dirichlet`` (clients, unit client)
+    teacher_partition: Literal["record", "iid", "dirichlet"] = "record"
+    #: Dirichlet concentration of the label-skewed client split
+    teacher_alpha: float = 0.5
+    teacher_hidden: int = 64
+    teacher_epochs: int = 60
+    teacher_batch_size: int = 32
+    teacher_lr: float = 1e-3
+    #: query the teacher(s) on every k-th iteration only; the iterations between are replay steps
+    #: of the student on released annotations (bench.lib.distill.loop.LoopConfig.query_every)
+    query_every: int = 1
     #: audit refits only (``own-unit-audit`` sets it): ``{m, seed, iteration}`` canary queries whose
     #: answer is swapped for another class's with probability 1/2
     #: (:class:`bench.lib.distill.canaries.QueryCanaries`)
@@ -70,3 +85,9 @@ class TranscriptionConfig:
         defense, in the message)."""
         if self.iterations <= 0 or self.batch_size <= 0 or self.norm_bound <= 0 or self.eval_every <= 0:
             raise BenchError(f"{name}: iterations, batch_size, norm_bound and eval_every must be positive")
+        if self.teachers < 1 or self.query_every < 1:
+            raise BenchError(f"{name}: teachers and query_every must be >= 1")
+        if self.teachers > 1 and min(self.teacher_hidden, self.teacher_epochs, self.teacher_batch_size) < 1:
+            raise BenchError(f"{name}: teacher_hidden, teacher_epochs and teacher_batch_size must be >= 1")
+        if self.teacher_partition == "dirichlet" and not self.teacher_alpha > 0:
+            raise BenchError(f"{name}: teacher_alpha must be > 0")

@@ -47,6 +47,12 @@ class LoopConfig:
     generator_warmup: int = 0
     #: run the three networks in the channels_last memory format (same values up to rounding)
     channels_last: bool = True
+    #: query the teacher on every ``query_every``-th iteration only (1 = every iteration). The
+    #: iterations in between are *replay* steps: the student takes a step on a batch drawn from the
+    #: synthetic images already annotated and their released annotations (post-processing of DP
+    #: outputs, no privacy cost); the generator does not move on them (its images would need new
+    #: annotations). Used by the ensemble mechanisms, whose query budget is small
+    query_every: int = 1
 
 
 def student_loss_fn(mode: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -108,11 +114,28 @@ def _loop(teacher, student, generator, annotate, mode, cfg, rng, device, val, on
         averaged = AveragedModel(student, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema))
     released = averaged.module if averaged is not None else student
     hist: dict = {"iteration": [], "val_acc": [], "student_loss": [], "epsilon": [], "seconds": []}
-    best = (-1.0, None, None, -1)
+    best = [-1.0, None, None, -1]  # val acc, student state, generator state, iteration (updated in place)
     t0 = time.time()
     run_loss = 0.0
     use_generator = any(w != 0 for w in (cfg.w_oh, cfg.w_ie, cfg.w_act, cfg.w_adv))
+    replay_x: list[torch.Tensor] = []
+    replay_t: list[torch.Tensor] = []
     for it in progress(range(1, cfg.iterations + 1), desc="transcription"):
+        if cfg.query_every > 1 and (it - 1) % cfg.query_every != 0:
+            # replay step: the student on released annotations of earlier queries (no teacher call)
+            bx, bt = torch.cat(replay_x), torch.cat(replay_t)
+            idx = torch.randint(len(bx), (cfg.batch_size,), generator=rng)
+            x = bx[idx].to(device, memory_format=layout)
+            loss = s_loss(student(x), bt[idx].to(device))
+            opt_s.zero_grad(set_to_none=True)
+            loss.backward()
+            opt_s.step()
+            if averaged is not None:
+                averaged.update_parameters(student)
+            run_loss += float(loss.detach())
+            _evaluate(it, cfg, released, student, generator, val, device, on_eval, hist, t0, run_loss, log, best)
+            run_loss = 0.0 if it % cfg.eval_every == 0 or it == cfg.iterations else run_loss
+            continue
         z = torch.randn(cfg.batch_size, latent, generator=rng).to(device)
         g_step = use_generator and it > cfg.generator_warmup and (it - cfg.generator_warmup) % cfg.generator_every == 0
         # (1)-(2): synthetic batch, teacher and student logits. On an iteration with a generator
@@ -151,6 +174,9 @@ def _loop(teacher, student, generator, annotate, mode, cfg, rng, device, val, on
             del tc, answer
         del t_logits
         on_query(it)
+        if cfg.query_every > 1:  # keep the released annotations for the replay steps
+            replay_x.append(x.detach().cpu().contiguous())
+            replay_t.append(target[:n_batch].detach().cpu())
         # (4): student update on the DP annotation
         loss = s_loss(s_logits, target)
         target = target[:n_batch]  # the generator's adversarial term pairs with its own batch only
@@ -174,19 +200,8 @@ def _loop(teacher, student, generator, annotate, mode, cfg, rng, device, val, on
             opt_g.step()
             for p in student.parameters():
                 p.requires_grad_(True)
-        if it % cfg.eval_every == 0 or it == cfg.iterations:
-            va = accuracy(released, val, device) if val is not None else float("nan")
-            student.train()
-            extra = on_eval(it)
-            hist["iteration"].append(it)
-            hist["val_acc"].append(va)
-            hist["student_loss"].append(run_loss / (cfg.eval_every if it % cfg.eval_every == 0 else max(1, it % cfg.eval_every)))
-            hist["epsilon"].append(extra.get("epsilon"))
-            hist["seconds"].append(time.time() - t0)
-            run_loss = 0.0
-            log(f"iter {it}: val_acc={va:.4f} eps={extra.get('epsilon')}")
-            if not cfg.select_on_val or va > best[0]:
-                best = (va, copy.deepcopy(released.state_dict()), copy.deepcopy(generator.state_dict()), it)
+        _evaluate(it, cfg, released, student, generator, val, device, on_eval, hist, t0, run_loss, log, best)
+        run_loss = 0.0 if it % cfg.eval_every == 0 or it == cfg.iterations else run_loss
     student.load_state_dict(best[1])
     generator.load_state_dict(best[2])
     student.eval()
@@ -195,3 +210,21 @@ def _loop(teacher, student, generator, annotate, mode, cfg, rng, device, val, on
     hist["selected_val_acc"] = best[0]
     hist["selected_by"] = "val_acc on ctx.task.val (private validation split)" if cfg.select_on_val else "last_iterate"
     return hist
+
+
+def _evaluate(it, cfg, released, student, generator, val, device, on_eval, hist, t0, run_loss, log, best) -> None:
+    """On an evaluation iteration: validation accuracy of the released student, the history row,
+    and the selected checkpoint (``best``, updated in place)."""
+    if not (it % cfg.eval_every == 0 or it == cfg.iterations):
+        return
+    va = accuracy(released, val, device) if val is not None else float("nan")
+    student.train()
+    extra = on_eval(it)
+    hist["iteration"].append(it)
+    hist["val_acc"].append(va)
+    hist["student_loss"].append(run_loss / (cfg.eval_every if it % cfg.eval_every == 0 else max(1, it % cfg.eval_every)))
+    hist["epsilon"].append(extra.get("epsilon"))
+    hist["seconds"].append(time.time() - t0)
+    log(f"iter {it}: val_acc={va:.4f} eps={extra.get('epsilon')}")
+    if not cfg.select_on_val or va > best[0]:
+        best[:] = [va, copy.deepcopy(released.state_dict()), copy.deepcopy(generator.state_dict()), it]

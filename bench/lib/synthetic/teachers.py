@@ -5,6 +5,9 @@ N) and trained with batched matmuls and one Adam, so thousands of teachers cost 
 * :class:`TeacherEnsemble`: conditional MLP discriminators (DCGAN-style label conditioning,
   optional batch normalisation and projection term);
 * :class:`LinearTeacherEnsemble`: class-conditional linear / maxout discriminators;
+* :class:`MLPClassifierEnsemble`: stacked one-hidden-layer MLP *classifiers* (PATE's teachers and
+  the ensemble teachers of the data-free distillation defenses), with
+  :func:`teacher_batches_per_epoch`, the shard-size-independent schedule they train on;
 * :func:`adam`: the optimizer both use (also PATE's stacked MLP teachers);
 * :func:`standardize`: per-image standardisation of a teacher's input.
 
@@ -15,6 +18,7 @@ teacher's gradient of the non-saturating generator loss w.r.t. the images: what 
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -206,3 +210,71 @@ class LinearTeacherEnsemble:
             loss = F.softplus(-self.logits(xi, y, None, sl)).mean(1).sum()
             (g,) = torch.autograd.grad(loss, xi)
         return -g
+
+
+class MLPClassifierEnsemble:
+    """N one-hidden-layer ReLU MLP classifiers as stacked tensors (leading dimension N), trained
+    with one Adam over the stacked tensors (= N independent Adams: the loss is a sum over
+    teachers and Adam is elementwise). PyTorch's default Linear initialisation per teacher."""
+
+    def __init__(self, n: int, dim: int, num_classes: int, hidden: int, generator: torch.Generator, lr: float,
+                 device="cpu"):
+        def unif(shape, fan_in):
+            b = 1.0 / math.sqrt(fan_in)
+            return ((torch.rand(*shape, generator=generator) * 2 - 1) * b).to(device).requires_grad_(True)
+
+        self.n = n
+        self.W1, self.b1 = unif((n, dim, hidden), dim), unif((n, 1, hidden), dim)
+        self.W2, self.b2 = unif((n, hidden, num_classes), hidden), unif((n, 1, num_classes), hidden)
+        self.params = [self.W1, self.b1, self.W2, self.b2]
+        self.opt = adam(self.params, lr, 0.9)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (N, M, dim) per teacher, or (M, dim) shared -> (N, M, K)."""
+        if x.dim() == 2:
+            x = x.unsqueeze(0)
+        h = F.relu(torch.matmul(x, self.W1) + self.b1)
+        return torch.matmul(h, self.W2) + self.b2
+
+    def fit(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, *, epochs: int, batch_size: int,
+            generator: torch.Generator, progress=lambda it, **k: it) -> None:
+        """Minibatch training of every teacher on its own shard, padded to the **public** slot
+        capacity M (x (N, M, dim), y, mask (N, M)). Each epoch visits every teacher's shard once
+        in a per-teacher random order (real examples first, padding last) in
+        :func:`teacher_batches_per_epoch` (M, batch_size) steps: the schedule is a function of the
+        public capacity, never of the realised shard sizes, so one member changes one teacher's
+        data and nothing else (a batch that is all padding gives that teacher a zero gradient;
+        its Adam step then moves by momentum only, whatever the other shards hold). The training
+        loss is not recorded: it is a noise-free statistic of the members."""
+        N, M, _ = x.shape
+        for _ in progress(range(epochs), desc="pate teacher epochs", leave=False):
+            # a random order of each teacher's real examples first, padding last
+            keys = torch.rand(N, M, generator=generator) + (~mask).float() * 2
+            order = keys.argsort(1)
+            for b in range(teacher_batches_per_epoch(M, batch_size)):
+                idx = order[:, b * batch_size:(b + 1) * batch_size]
+                xb = torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[2]))
+                yb = torch.gather(y, 1, idx)
+                mb = torch.gather(mask, 1, idx).float()
+                logit = self.logits(xb)
+                ce = F.cross_entropy(logit.reshape(-1, logit.shape[-1]), yb.reshape(-1), reduction="none")
+                per = (ce.view_as(mb) * mb).sum(1) / mb.sum(1).clamp_min(1)
+                self.opt.zero_grad(set_to_none=True)
+                per.sum().backward()
+                self.opt.step()
+
+    @torch.no_grad()
+    def votes(self, x: torch.Tensor, num_classes: int, chunk: int = 500) -> torch.Tensor:
+        """Vote histograms (Q, K) of the teachers' argmax predictions on shared queries x (Q, dim)."""
+        out = []
+        for a in range(0, len(x), chunk):
+            pred = self.logits(x[a:a + chunk]).argmax(-1)  # (N, q)
+            out.append(F.one_hot(pred, num_classes).sum(0).float())
+        return torch.cat(out)
+
+
+def teacher_batches_per_epoch(capacity: int, batch_size: int) -> int:
+    """Optimizer steps per teacher epoch: ceil(capacity / batch_size), with ``capacity`` the
+    public slot capacity of a shard (:func:`bench.lib.synthetic.partition.shard_capacity`), so that adding or
+    removing a member never changes any teacher's number of steps."""
+    return max(1, math.ceil(int(capacity) / int(batch_size)))
