@@ -128,7 +128,7 @@ class DPDFD(Defense):
         generator = D.seeded_init(ctx.seed * 1000 + 23, lambda: build_model(gspec))
         loop = D.LoopConfig(c.iterations, c.batch_size, c.lr_student, c.lr_generator, c.w_oh, c.w_ie, c.w_act, 0.0,
                             c.eval_every, c.select_on_val, generator_every=c.generator_every, ema=c.ema,
-                            query_every=c.query_every)
+                            query_every=c.query_every, generator_on_replay=c.generator_on_replay)
         hist, privacy, tinfo = D.transcribe_ensemble(
             ctx, c, loop, student=student, generator=generator, rng=torch.Generator().manual_seed(ctx.seed * 1000 + 27),
             noise_rng=torch.Generator().manual_seed(ctx.seed * 1000 + 29), mode="data", loss="kl")

@@ -196,7 +196,7 @@ class DPSD(Defense):
         c = self.config
         return D.LoopConfig(c.iterations, c.batch_size, c.lr_student, c.lr_generator, c.w_oh, c.w_ie, c.w_act,
                             c.w_adv, c.eval_every, c.select_on_val, generator_every=c.generator_every, ema=c.ema,
-                            query_every=c.query_every)
+                            query_every=c.query_every, generator_on_replay=c.generator_on_replay)
 
     def _fit_ensemble(self, ctx) -> Release:
         """Ensemble transcription (``teachers`` > 1, :mod:`bench.lib.distill.ensemble`): N MLP

@@ -18,7 +18,7 @@ from bench.core.config import make_config
 from bench.harness.context import CellContext, Env
 from bench.lib.accounting import poisson_gaussian_epsilon
 from bench.lib.federated import ClientDP, client_partition, partition_summary, run_fedavg
-from bench.lib.models import build_model, spec_for
+from bench.lib.models import build_model
 from bench.lib.tasks import Split, build_task
 from defenses.dp_fedavg import DPFedAvg, DPFedAvgConfig
 from defenses.fedavg import FedAvg, FedAvgConfig

@@ -75,6 +75,8 @@ class TranscriptionConfig:
     #: query the teacher(s) on every k-th iteration only; the iterations between are replay steps
     #: of the student on released annotations (bench.lib.distill.loop.LoopConfig.query_every)
     query_every: int = 1
+    #: replay steps also move the generator on the DAFL losses against the student (no privacy cost)
+    generator_on_replay: bool = False
     #: audit refits only (``own-unit-audit`` sets it): ``{m, seed, iteration}`` canary queries whose
     #: answer is swapped for another class's with probability 1/2
     #: (:class:`bench.lib.distill.canaries.QueryCanaries`)

@@ -53,6 +53,10 @@ class LoopConfig:
     #: outputs, no privacy cost); the generator does not move on them (its images would need new
     #: annotations). Used by the ensemble mechanisms, whose query budget is small
     query_every: int = 1
+    #: on replay steps, also take a generator step on the DAFL losses against the student (no
+    #: teacher and no annotation involved: no privacy cost), so the next query batch comes from a
+    #: generator that kept following the student
+    generator_on_replay: bool = False
 
 
 def student_loss_fn(mode: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -133,6 +137,8 @@ def _loop(teacher, student, generator, annotate, mode, cfg, rng, device, val, on
             if averaged is not None:
                 averaged.update_parameters(student)
             run_loss += float(loss.detach())
+            if cfg.generator_on_replay and use_generator:
+                _dafl_generator_step(cfg, student, generator, opt_g, latent, rng, device)
             _evaluate(it, cfg, released, student, generator, val, device, on_eval, hist, t0, run_loss, log, best)
             run_loss = 0.0 if it % cfg.eval_every == 0 or it == cfg.iterations else run_loss
             continue
@@ -210,6 +216,21 @@ def _loop(teacher, student, generator, annotate, mode, cfg, rng, device, val, on
     hist["selected_val_acc"] = best[0]
     hist["selected_by"] = "val_acc on ctx.task.val (private validation split)" if cfg.select_on_val else "last_iterate"
     return hist
+
+
+def _dafl_generator_step(cfg, student, generator, opt_g, latent, rng, device) -> None:
+    """One generator step on the DAFL losses only, the student frozen as discriminator."""
+    z = torch.randn(cfg.batch_size, latent, generator=rng).to(device)
+    for p in student.parameters():
+        p.requires_grad_(False)
+    logits, feats = logits_and_features(student, generator(z))
+    parts = dafl_losses(logits, feats)
+    g_loss = cfg.w_oh * parts["oh"] + cfg.w_ie * parts["ie"] + cfg.w_act * parts["a"]
+    opt_g.zero_grad(set_to_none=True)
+    g_loss.backward()
+    opt_g.step()
+    for p in student.parameters():
+        p.requires_grad_(True)
 
 
 def _evaluate(it, cfg, released, student, generator, val, device, on_eval, hist, t0, run_loss, log, best) -> None:

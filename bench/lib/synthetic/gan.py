@@ -81,7 +81,10 @@ class CondDCGANGenerator(nn.Module):
         out = [self(z[i:i + batch_size].to(device), labels[i:i + batch_size].to(device)).cpu()
                for i in range(0, n, batch_size)]
         x = torch.cat(out)
-        from torchvision.transforms.v2.functional import autocontrast, gaussian_blur  # imported here: keeps the CLI start-up torch-only
+        from torchvision.transforms.v2.functional import (  # imported here: keeps the CLI start-up torch-only
+            autocontrast,
+            gaussian_blur,
+        )
 
         if self.output_blur > 0:
             x = gaussian_blur(x, [3, 3], [self.output_blur, self.output_blur])
