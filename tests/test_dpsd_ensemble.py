@@ -219,3 +219,14 @@ def test_bad_ensemble_settings_are_one_clear_error():
         fit({"teachers": 10_000}, Ctx(synthetic_task()))
     with pytest.raises(BenchError, match="per-sample"):
         fit({"noise_scale": "batch-mean"}, Ctx(synthetic_task()))
+
+
+def test_generator_on_replay_moves_the_generator_between_queries_only_when_asked():
+    cfg = {"mode": "label", "iterations": 6, "query_every": 3, "select_on_val": False}
+    off = fit(cfg, Ctx(synthetic_task()))
+    on = fit({**cfg, "generator_on_replay": True}, Ctx(synthetic_task()))
+    once = fit({**cfg, "iterations": 4}, Ctx(synthetic_task()))  # same two query iterations (1, 4), fewer replays
+    go, gn, g1 = (r.modules["generator"].state_dict() for r in (off, on, once))
+    assert not all(torch.equal(go[k], gn[k]) for k in go)
+    # without the option the generator moves on query iterations only: 4 and 6 iterations, same generator
+    assert all(torch.equal(go[k], g1[k]) for k in go)
