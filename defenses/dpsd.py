@@ -23,6 +23,11 @@ change the teacher arbitrarily, so every query carries full sensitivity). The pa
 losses and hyperparameters are unpublished in what we could read: everything not in the abstract
 is a **reconstruction**, documented in docs/methods/dpsd.md.
 
+With ``teachers: N`` (N > 1) the shared teacher is replaced by N teachers on disjoint shards
+(unit ``example``) or clients (unit ``client``) and the mechanism noises their aggregate
+(``bench.lib.distill.ensemble``; FedDPSD is the client configuration): the reported epsilon is
+then in that unit.
+
 Model selection: the checkpoint with the best accuracy on ``ctx.task.val`` (never test).
 """
 

@@ -130,15 +130,10 @@ def _loop(teacher, student, generator, annotate, mode, cfg, rng, device, val, on
             bx, bt = torch.cat(replay_x), torch.cat(replay_t)
             idx = torch.randint(len(bx), (cfg.batch_size,), generator=rng)
             x = bx[idx].to(device, memory_format=layout)
-            loss = s_loss(student(x), bt[idx].to(device))
-            opt_s.zero_grad(set_to_none=True)
-            loss.backward()
-            opt_s.step()
-            if averaged is not None:
-                averaged.update_parameters(student)
-            run_loss += float(loss.detach())
+            run_loss += _student_step(s_loss(student(x), bt[idx].to(device)), opt_s, averaged, student)
             if cfg.generator_on_replay and use_generator:
-                _dafl_generator_step(cfg, student, generator, opt_g, latent, rng, device)
+                z = torch.randn(cfg.batch_size, latent, generator=rng).to(device)
+                _generator_step(cfg, student, generator(z), opt_g)
             _evaluate(it, cfg, released, student, generator, val, device, on_eval, hist, t0, run_loss, log, best)
             run_loss = 0.0 if it % cfg.eval_every == 0 or it == cfg.iterations else run_loss
             continue
@@ -186,26 +181,10 @@ def _loop(teacher, student, generator, annotate, mode, cfg, rng, device, val, on
         # (4): student update on the DP annotation
         loss = s_loss(s_logits, target)
         target = target[:n_batch]  # the generator's adversarial term pairs with its own batch only
-        opt_s.zero_grad(set_to_none=True)
-        loss.backward()
-        opt_s.step()
-        if averaged is not None:
-            averaged.update_parameters(student)
-        run_loss += float(loss.detach())
+        run_loss += _student_step(loss, opt_s, averaged, student)
         # (5): generator update, student frozen as discriminator
         if g_step:
-            for p in student.parameters():
-                p.requires_grad_(False)
-            logits, feats = logits_and_features(student, xg)
-            parts = dafl_losses(logits, feats)
-            g_loss = cfg.w_oh * parts["oh"] + cfg.w_ie * parts["ie"] + cfg.w_act * parts["a"]
-            if cfg.w_adv:
-                g_loss = g_loss + cfg.w_adv * adv_loss(logits, target)
-            opt_g.zero_grad(set_to_none=True)
-            g_loss.backward()
-            opt_g.step()
-            for p in student.parameters():
-                p.requires_grad_(True)
+            _generator_step(cfg, student, xg, opt_g, (adv_loss, target) if cfg.w_adv else None)
         _evaluate(it, cfg, released, student, generator, val, device, on_eval, hist, t0, run_loss, log, best)
         run_loss = 0.0 if it % cfg.eval_every == 0 or it == cfg.iterations else run_loss
     student.load_state_dict(best[1])
@@ -218,14 +197,27 @@ def _loop(teacher, student, generator, annotate, mode, cfg, rng, device, val, on
     return hist
 
 
-def _dafl_generator_step(cfg, student, generator, opt_g, latent, rng, device) -> None:
-    """One generator step on the DAFL losses only, the student frozen as discriminator."""
-    z = torch.randn(cfg.batch_size, latent, generator=rng).to(device)
+def _student_step(loss: torch.Tensor, opt_s, averaged, student: nn.Module) -> float:
+    """One optimizer step of the student on ``loss`` (and of its moving average); the loss value."""
+    opt_s.zero_grad(set_to_none=True)
+    loss.backward()
+    opt_s.step()
+    if averaged is not None:
+        averaged.update_parameters(student)
+    return float(loss.detach())
+
+
+def _generator_step(cfg, student: nn.Module, xg: torch.Tensor, opt_g, adv=None) -> None:
+    """One generator step on its images ``xg`` (with their graph), the student frozen as
+    discriminator: the DAFL losses, plus ``w_adv`` x the adversarial term when ``adv`` =
+    (adversarial loss, the DP annotation of these images) is given."""
     for p in student.parameters():
         p.requires_grad_(False)
-    logits, feats = logits_and_features(student, generator(z))
+    logits, feats = logits_and_features(student, xg)
     parts = dafl_losses(logits, feats)
     g_loss = cfg.w_oh * parts["oh"] + cfg.w_ie * parts["ie"] + cfg.w_act * parts["a"]
+    if adv is not None:
+        g_loss = g_loss + cfg.w_adv * adv[0](logits, adv[1])
     opt_g.zero_grad(set_to_none=True)
     g_loss.backward()
     opt_g.step()
