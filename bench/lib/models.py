@@ -93,6 +93,24 @@ class TanhCNN(Classifier):
         self.head = nn.Sequential(nn.Linear(d, hidden), nn.Tanh(), nn.Linear(hidden, num_classes))
 
 
+@register_arch("cnn-bn")
+class CNNBN(Classifier):
+    """The MNIST CNN of the data-free federated distillation papers (DENSE, Zhang et al. NeurIPS
+    2022; Fed-ADI / FedDF use the same kind): Conv(w, 5x5, p2) BatchNorm ReLU MaxPool2 ->
+    Conv(2w, 5x5, p2) BatchNorm ReLU MaxPool2 -> Linear(K). **Has BatchNorm** (not
+    Opacus-compatible): DENSE's generator matches the running statistics of these layers. The
+    pooling comes before the ReLU (the same values, as in ``cnn``)."""
+
+    def __init__(self, in_channels=1, image_size=28, num_classes=10, width=16):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, width, 5, padding=2), nn.BatchNorm2d(width), nn.MaxPool2d(2), nn.ReLU(),
+            nn.Conv2d(width, 2 * width, 5, padding=2), nn.BatchNorm2d(2 * width), nn.MaxPool2d(2), nn.ReLU(),
+        )
+        d = _flat_dim(self.features, in_channels, image_size)
+        self.head = nn.Sequential(nn.Linear(d, num_classes))
+
+
 class ScatterNet(nn.Module):
     """A fixed (untrained, data-independent) wavelet scattering transform of order 2 (Bruna &
     Mallat 2013; kymatio's ``Scattering2D``): ``(B, C, H, W) -> (B, C * K, H / 2^J, W / 2^J)``

@@ -61,3 +61,40 @@ def per_sample_logit_grad(s: torch.Tensor, t: torch.Tensor, loss: str, *, temper
             raise ValueError(f"unknown distillation loss {loss!r}")
         (g,) = torch.autograd.grad(per.sum(), s)
     return g.detach()
+
+
+class BNStatisticsLoss:
+    """DeepInversion's feature-statistics prior (Yin et al., CVPR 2020), used by DENSE's generator:
+    a forward hook on every ``BatchNorm2d`` of the given (frozen, eval-mode) models records, for
+    the batch passing through, ``||mu_batch - running_mean||_2 + ||var_batch - running_var||_2``
+    of the layer's input (per-channel mean and biased variance over batch and space);
+    :meth:`value` is the sum over all hooked layers of the last forward pass, and resets. Use as
+    a context manager (the hooks are removed on exit)."""
+
+    def __init__(self, models):
+        from torch import nn
+
+        self.layers = [m for model in models for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+        self.terms: list[torch.Tensor] = []
+        self.handles = []
+
+    def _hook(self, module, inputs, _output):
+        x = inputs[0]
+        mean = x.mean((0, 2, 3))
+        var = x.transpose(0, 1).reshape(x.shape[1], -1).var(1, unbiased=False)
+        self.terms.append(torch.linalg.vector_norm(module.running_mean - mean)
+                          + torch.linalg.vector_norm(module.running_var - var))
+
+    def __enter__(self):
+        self.handles = [m.register_forward_hook(self._hook) for m in self.layers]
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+    def value(self) -> torch.Tensor:
+        out = torch.stack(self.terms).sum() if self.terms else torch.zeros(())
+        self.terms = []
+        return out
