@@ -15,9 +15,10 @@ def mnist_task():
         pytest.skip(f"MNIST not available: {e}")
 
 
-def mnist_eps1_context(defense: str, prefix: str):
-    """The runner's context for one MNIST, epsilon = 1, seed-0 cell of the ``mnist-eps1`` suite
-    (cache: ``BENCH_CACHE`` or a fresh temporary folder); skips when ``BENCH_DATA`` is not set."""
+def mnist_eps1_context(defense: str, prefix: str, suite: str = "mnist-eps1"):
+    """The runner's context for one MNIST, epsilon = 1, seed-0 cell of the ``mnist-eps1`` suite (or
+    of ``suite``: its MNIST protocol; cache: ``BENCH_CACHE`` or a fresh temporary folder); skips
+    when ``BENCH_DATA`` is not set."""
     import tempfile
 
     from bench.core.cache import Cache
@@ -28,7 +29,7 @@ def mnist_eps1_context(defense: str, prefix: str):
     if not root:
         pytest.skip("BENCH_DATA not set")
     cache_dir = os.environ.get("BENCH_CACHE") or tempfile.mkdtemp(prefix=f"{prefix}-")
-    ds = load_suite("mnist-eps1").datasets["mnist"]
+    ds = load_suite(suite).datasets["mnist"]
     env = Env(run_dir=tempfile.mkdtemp(prefix=f"{prefix}-run-"), cache_dir=cache_dir, data_root=root,
               device="cpu", run_id="bench", progress=False)
     tasks: dict = {}

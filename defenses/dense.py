@@ -54,10 +54,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.api import LAST_ITERATE, BenchError, Defense, PrivacyReport, Release, register_defense, val_selection
+from bench.api import (
+    LAST_ITERATE,
+    BenchError,
+    Defense,
+    PrivacyReport,
+    Release,
+    register_defense,
+    val_selection,
+)
 from bench.lib import distill as D
 from bench.lib.distill.losses import BNStatisticsLoss
-from bench.lib.federated import local_update, split_members
+from bench.lib.federated import LogitEnsemble, OneShotClients, average_state, one_shot_clients
 from bench.lib.models import build_model, spec_for
 from bench.lib.train import accuracy, seed_everything
 
@@ -105,25 +113,14 @@ class DENSEConfig:
         if min(ints) < 1:
             raise BenchError("dense: clients, local_epochs, local_batch_size, epochs, g_steps, synthesis_batch_size, "
                              "latent_dim, generator_width, kd_batch_size and eval_every must be >= 1")
-        if self.clients < 2:
-            raise BenchError("dense: needs at least 2 clients (an ensemble)")
-        if not (self.alpha > 0 and self.local_lr > 0 and self.lr_g > 0 and self.kd_lr > 0 and self.temperature > 0):
-            raise BenchError("dense: alpha, local_lr, lr_g, kd_lr and temperature must be > 0")
+        OneShotClients(self.clients, self.partition, self.alpha, self.arch, self.local_epochs, self.local_batch_size,
+                       self.local_lr, self.local_momentum).validate("dense")
+        if not (self.lr_g > 0 and self.kd_lr > 0 and self.temperature > 0):
+            raise BenchError("dense: lr_g, kd_lr and temperature must be > 0")
         if min(self.w_oh, self.w_bn, self.w_adv) < 0 or self.crop_padding < 0:
             raise BenchError("dense: w_oh, w_bn, w_adv and crop_padding must be >= 0")
-        if not (0 <= self.local_momentum < 1 and 0 <= self.kd_momentum < 1):
-            raise BenchError("dense: momenta must be in [0, 1)")
-
-
-class LogitEnsemble(nn.Module):
-    """The mean of the models' logits (DENSE's ``Ensemble_A``)."""
-
-    def __init__(self, models: list[nn.Module]):
-        super().__init__()
-        self.models = nn.ModuleList(models)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.stack([m(x) for m in self.models]).mean(0)
+        if not 0 <= self.kd_momentum < 1:
+            raise BenchError("dense: kd_momentum must be in [0, 1)")
 
 
 def random_shift(x: torch.Tensor, padding: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
@@ -159,20 +156,6 @@ def reset_generator(generator: nn.Module, rng: torch.Generator) -> None:
                 m.bias.zero_()
 
 
-def average_state(models: list[nn.Module], weights: list[float]) -> dict:
-    """The size-weighted average of the models' parameters and float buffers (one-shot FedAvg,
-    BatchNorm statistics included); integer buffers from the first model."""
-    states = [m.state_dict() for m in models]
-    total = float(sum(weights))
-    out = {}
-    for k, v in states[0].items():
-        if torch.is_floating_point(v):
-            out[k] = sum(s[k] * (w / total) for s, w in zip(states, weights))
-        else:
-            out[k] = v.clone()
-    return out
-
-
 @register_defense("dense")
 class DENSE(Defense):
     """Data-free one-shot federated learning: client ensemble -> generator -> global model (non-private)."""
@@ -186,27 +169,16 @@ class DENSE(Defense):
         c = self.config
         task, dev = ctx.task, ctx.device
         seed_everything(ctx.seed)
-        try:
-            clients, split = split_members(task.members, task.num_classes, c.clients, c.partition, c.alpha, ctx.seed)
-        except ValueError as e:
-            raise BenchError(f"dense: {e}") from None
         spec = spec_for(task, c.arch)
-        init = D.seeded_init(ctx.seed * 1000 + 31, lambda: build_model(spec))
-        if not any(isinstance(m, nn.BatchNorm2d) for m in init.modules()) and c.w_bn > 0:
+        if c.w_bn > 0 and not any(isinstance(m, nn.BatchNorm2d) for m in build_model(spec).modules()):
             raise BenchError(f"dense: arch {spec['name']!r} has no BatchNorm2d layer for the L_BN term "
                              "(use arch: cnn-bn, or w_bn: 0)")
+        clients = OneShotClients(c.clients, c.partition, c.alpha, c.arch, c.local_epochs, c.local_batch_size,
+                                 c.local_lr, c.local_momentum)
+        models, init, split = one_shot_clients(ctx, clients, lambda: build_model(spec))
         ctx.log(f"dense: {c.clients} clients ({c.partition}{f', alpha {c.alpha:g}' if c.partition == 'dirichlet' else ''}), "
                 f"label skew (mean TV) {split['label_skew_tv']:.3f}, split {split['fingerprint']}")
-        local_rng = torch.Generator().manual_seed(ctx.seed * 1000 + 37)
-        models, sizes = [], [len(d) for d in clients]
-        for data in ctx.progress(clients, desc="dense local training"):
-            m = copy.deepcopy(init).to(dev)
-            local_update(m, data, epochs=c.local_epochs, batch_size=c.local_batch_size, lr=c.local_lr,
-                         momentum=c.local_momentum, device=dev, generator=local_rng)
-            m.eval()
-            for p in m.parameters():
-                p.requires_grad_(False)
-            models.append(m)
+        sizes = split["sizes"]
         # ---- from here on the private training set (task.members) is never read ----
         ensemble = LogitEnsemble(models).eval()
         diag = self._diagnostics(models, ensemble, sizes, init, task.val, dev)

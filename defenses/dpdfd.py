@@ -71,7 +71,7 @@ class DPDFD(Defense):
             raise BenchError("dpdfd needs a finite epsilon")
         if c.teachers > 1:
             return self._fit_ensemble(ctx)
-        teacher = D.get_teacher(ctx, c.teacher)
+        teacher, teacher_desc, teacher_info = D.resolve_teacher(ctx, c, "dpdfd")
         # ---- from here on the private training set (ctx.task.members) is never read ----
         task = ctx.task
         sspec = spec_for(task, c.student_arch)
@@ -108,7 +108,7 @@ class DPDFD(Defense):
              "selection_on_private_val": c.select_on_val},
                 val_selection("the transcription checkpoint") if c.select_on_val else LAST_ITERATE)
         info = {"history": hist, "selected_by": hist["selected_by"], "selected_iteration": hist["selected_iteration"],
-                "teacher": "none" + (f" {c.teacher}" if c.teacher else " (NoneConfig defaults)")}
+                "teacher": teacher_desc, **({"teacher_clients": teacher_info} if teacher_info else {})}
         if canaries is not None:
             info["own_unit_canaries"] = {**D.canary_info(canaries), "mode": "data", "unit": privacy.unit}
         return Release({"model": student.cpu(), "generator": generator.cpu()},

@@ -115,7 +115,7 @@ class DPSD(Defense):
             raise BenchError("dpsd needs a finite epsilon")
         if c.teachers > 1:
             return self._fit_ensemble(ctx)
-        teacher = D.get_teacher(ctx, c.teacher)
+        teacher, teacher_desc, teacher_info = D.resolve_teacher(ctx, c, "dpsd")
         # ---- from here on the private training set (ctx.task.members) is never read ----
         task = ctx.task
         K = task.num_classes
@@ -175,7 +175,8 @@ class DPSD(Defense):
                  "selection_on_private_val": c.select_on_val},
                 val_selection("the transcription checkpoint") if c.select_on_val else LAST_ITERATE)
         info = {"history": hist, "selected_by": hist["selected_by"], "selected_iteration": hist["selected_iteration"],
-                "mode": c.mode, "generator_output": gout, "teacher": "none" + (f" {c.teacher}" if c.teacher else " (NoneConfig defaults)")}
+                "mode": c.mode, "generator_output": gout, "teacher": teacher_desc,
+                **({"teacher_clients": teacher_info} if teacher_info else {})}
         if canaries is not None:
             info["own_unit_canaries"] = {**D.canary_info(canaries), "mode": c.mode, "unit": privacy.unit}
         return Release({"model": student.cpu(), "generator": generator.cpu()},

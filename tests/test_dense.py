@@ -12,12 +12,13 @@ import pytest
 import torch
 from test_dpsd import LockedSplit, synthetic_task
 
-import defenses.dense as dense_mod
+import bench.lib.federated as fed_mod
 from bench.core.config import make_config
 from bench.core.errors import BenchError
 from bench.lib.distill.losses import BNStatisticsLoss
+from bench.lib.federated import average_state
 from bench.lib.models import build_model
-from defenses.dense import DENSE, DENSEConfig, average_state, random_shift
+from defenses.dense import DENSE, DENSEConfig, random_shift
 
 TINY = {"clients": 4, "local_epochs": 3, "local_batch_size": 16, "epochs": 3, "g_steps": 3,
         "synthesis_batch_size": 16, "latent_dim": 8, "generator_width": 8, "crop_padding": 1}
@@ -35,6 +36,10 @@ class Ctx:
 
     def log(self, m):
         self.logs.append(m)
+
+    def artifact(self, kind, key, build):  # the runner caches; here every call builds
+        self.artifacts = getattr(self, "artifacts", []) + [kind]
+        return build()
 
 
 def fit(config, ctx):
@@ -113,7 +118,7 @@ def test_one_shot_average_weights_parameters_and_bn_statistics_by_size():
 
 def test_server_never_reads_client_data_after_the_local_training(monkeypatch):
     task = synthetic_task(n=200)
-    orig_split, orig_update = dense_mod.split_members, dense_mod.local_update
+    orig_split, orig_update = fed_mod.split_members, fed_mod.local_update
     state = {"clients": [], "updates": 0}
 
     def split_locked(members, *a, **k):
@@ -129,9 +134,11 @@ def test_server_never_reads_client_data_after_the_local_training(monkeypatch):
             for c in state["clients"]:
                 object.__setattr__(c, "locked", True)
 
-    monkeypatch.setattr(dense_mod, "split_members", split_locked)
-    monkeypatch.setattr(dense_mod, "local_update", update_then_lock)
-    rel = fit({}, Ctx(task))
+    monkeypatch.setattr(fed_mod, "split_members", split_locked)
+    monkeypatch.setattr(fed_mod, "local_update", update_then_lock)
+    ctx = Ctx(task)
+    rel = fit({}, ctx)
+    assert ctx.artifacts == ["oneshot-clients"]  # the client models are a shared artifact
     assert state["updates"] == TINY["clients"] and all(c.locked for c in state["clients"])
     assert rel.privacy.unit == "none" and "validation" in rel.privacy.selection
     assert len(rel.info["client_val_acc"]) == TINY["clients"]
@@ -167,3 +174,78 @@ def test_bad_dense_configs_are_one_line_errors():
         fit({"arch": "mlp"}, Ctx(synthetic_task()))
     rel = fit({"arch": "mlp", "w_bn": 0.0}, Ctx(synthetic_task()))  # without the BN term any arch works
     assert rel.privacy.unit == "none"
+
+
+# ---------------------------------------------------------------------------------------------
+# FedDPSD in the query unit: dpsd / dpdfd with the one-shot client ensemble as their one teacher
+
+
+class CachingCtx(Ctx):
+    """A context whose shared artifacts are cached by (kind, key), as the runner's; DPSD's shared
+    ``none`` teacher must not be asked for when the clients are the teacher."""
+
+    def __init__(self, task, seed=0, epsilon=1.0):
+        super().__init__(task, seed)
+        self.epsilon, self.delta = epsilon, 1e-5
+        self.cache, self.builds = {}, []
+
+    def artifact(self, kind, key, build):
+        k = (kind, repr(key))
+        if k not in self.cache:
+            self.builds.append(kind)
+            self.cache[k] = build()
+        return self.cache[k]
+
+    def fit_defense(self, name, config=None, **kw):
+        raise AssertionError("the shared 'none' teacher was asked for")
+
+
+FED_TEACHER = {"clients": 4, "partition": "dirichlet", "alpha": 0.5, "local_epochs": 3, "local_batch_size": 16}
+TRANSCRIPTION = {"iterations": 6, "batch_size": 16, "eval_every": 3, "latent_dim": 8, "generator_width": 8,
+                 "noise_multiplier": 20.0, "teacher_clients": FED_TEACHER}
+
+
+@pytest.mark.parametrize("method", ["dpsd", "dpdfd"])
+def test_feddpsd_query_unit_uses_dense_clients_as_one_teacher(method, monkeypatch):
+    from bench.core import registry
+    from bench.lib.distill import teacher as teacher_mod
+
+    task = synthetic_task(n=200)
+    ctx = CachingCtx(task)
+    dense = fit({k: v for k, v in FED_TEACHER.items()}, ctx)  # trains the clients once
+    assert ctx.builds == ["oneshot-clients"]
+    seen = []
+    orig = teacher_mod.resolve_teacher
+
+    def spy(ctx_, c, name):
+        out = orig(ctx_, c, name)
+        seen.append(out[0])
+        object.__setattr__(task.members, "locked", True)  # the transcription never reads the members
+        return out
+
+    monkeypatch.setattr(teacher_mod, "resolve_teacher", spy)
+    monkeypatch.setattr("bench.lib.distill.resolve_teacher", spy)
+    cls = registry.get_defense(method)
+    rel = cls(make_config(cls.Config, TRANSCRIPTION, method)).fit(ctx)
+    assert ctx.builds == ["oneshot-clients"]  # the same client models, not trained again
+    ens = seen[0]
+    assert isinstance(ens, fed_mod.LogitEnsemble) and len(ens.models) == FED_TEACHER["clients"]
+    x = torch.rand(8, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(ens(x), torch.stack([m(x) for m in ens.models]).mean(0))
+    assert rel.privacy.unit == "query" and rel.privacy.epsilon < 1.0
+    assert rel.privacy.extra["epsilon_example_level"] > rel.privacy.epsilon
+    assert rel.info["teacher"].startswith("client ensemble (4 clients, dirichlet")
+    assert rel.info["teacher_clients"]["split_fingerprint"] == dense.info["clients"]["fingerprint"]
+    assert "class_histograms" not in rel.info["teacher_clients"]  # no member statistics in the release
+
+
+def test_feddpsd_teacher_clients_bad_configs_are_one_line_errors():
+    from defenses.dpsd import DPSDConfig
+
+    with pytest.raises(BenchError, match="unknown teacher_clients key 'client'"):
+        make_config(DPSDConfig, {"teacher_clients": {"client": 3}}, "dpsd")
+    with pytest.raises(BenchError, match="excludes teachers > 1"):
+        make_config(DPSDConfig, {"teacher_clients": {"clients": 3}, "teachers": 10}, "dpsd")
+    with pytest.raises(BenchError, match="at least 2 clients"):
+        make_config(DPSDConfig, {"teacher_clients": {"clients": 1}}, "dpsd")

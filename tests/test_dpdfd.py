@@ -135,6 +135,7 @@ DPDFD_DEFAULTS = {
     'teacher': {},
     # the ensemble fields (issue 17): teachers = 1 is the single shared teacher of before
     'teachers': 1,
+    'teacher_clients': {},
     'teacher_partition': 'record',
     'teacher_alpha': 0.5,
     'teacher_hidden': 64,

@@ -533,6 +533,7 @@ DPSD_DEFAULTS = {
     'target_step': 1.0,
     'teacher': {},
     # the ensemble fields (issue 17): teachers = 1 is the single shared teacher of before
+    'teacher_clients': {},
     'teachers': 1,
     'teacher_partition': 'record',
     'teacher_alpha': 0.5,

@@ -74,6 +74,7 @@ def test_a_changed_suite_or_source_is_a_new_fingerprint(warm, monkeypatch):
     assert memo.fingerprint(name, apply_overrides(data, ["defenses.none.epochs=3"])) != fp
     none_file = V.module_file("defenses.none")
     monkeypatch.setitem(V._FILE_HASHES, none_file, "edited")
+    V._direct_imports.cache_clear()
     V.project_imports.cache_clear()
     assert memo.fingerprint(name, data) != fp
     monkeypatch.undo()

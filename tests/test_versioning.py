@@ -32,16 +32,14 @@ def pkg(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
 
     def fresh():
-        V._FILE_HASHES.clear()
-        V.project_imports.cache_clear()
+        V.clear_caches()
         for m in [m for m in sys.modules if m == "vpkg" or m.startswith("vpkg.")]:
             del sys.modules[m]
         importlib.invalidate_caches()
         return importlib.import_module("vpkg.method")
 
     yield root, fresh
-    V._FILE_HASHES.clear()
-    V.project_imports.cache_clear()
+    V.clear_caches()
 
 
 def test_editing_an_imported_library_module_changes_the_version(pkg):
@@ -71,6 +69,18 @@ def test_an_artifact_is_keyed_on_the_module_that_builds_it(pkg):
     fresh()
     helper = importlib.import_module("vpkg.helper")
     assert V.callable_version(helper.build)["own"] != v1["own"]
+
+
+def test_modules_that_import_each_other_are_versioned_without_recursion(pkg):
+    root, fresh = pkg
+    # helper imports method lazily, method imports helper: a cycle (the traversal used to recurse
+    # until RecursionError, a traceback instead of a version)
+    (root / "helper.py").write_text("SCALE = 1.0\n\ndef build():\n    from vpkg import method\n    return {'x': SCALE}\n")
+    deps = V.project_imports("vpkg.method", ("bench", "vpkg"))
+    assert "vpkg.helper" in deps and "vpkg.method" not in deps
+    before = V.code_version(fresh().M)
+    (root / "helper.py").write_text("SCALE = 2.0\n\ndef build():\n    from vpkg import method\n    return {'x': SCALE}\n")
+    assert V.code_version(fresh().M)["deps"] != before["deps"]
 
 
 def test_builtin_methods_depend_on_the_library_not_on_plumbing():

@@ -45,8 +45,9 @@ def file_hash(path: str) -> str:
 
 
 @functools.cache
-def project_imports(module: str, packages: tuple[str, ...] = _BUILTIN_PACKAGES) -> frozenset:
-    """Modules of ``packages`` that ``module`` imports, transitively, plumbing excluded."""
+def _direct_imports(module: str, packages: tuple[str, ...]) -> frozenset:
+    """Modules of ``packages`` that ``module``'s source imports (at any depth of its code: a lazy
+    import inside a function counts), plumbing excluded."""
     path = module_file(module)
     if path is None:
         return frozenset()
@@ -67,11 +68,28 @@ def project_imports(module: str, packages: tuple[str, ...] = _BUILTIN_PACKAGES) 
         for n in names:
             if n.split(".")[0] in packages and not is_plumbing(n) and module_file(n):
                 found.add(n)
-    out = set(found)
-    for n in found:
-        if n != module:
-            out |= project_imports(n, packages)
-    return frozenset(out - {module})
+    return frozenset(found - {module})
+
+
+@functools.cache
+def project_imports(module: str, packages: tuple[str, ...] = _BUILTIN_PACKAGES) -> frozenset:
+    """Modules of ``packages`` that ``module`` imports, transitively, plumbing excluded (a
+    traversal, so modules that import each other are fine)."""
+    out: set[str] = set()
+    todo = [module]
+    while todo:
+        for n in _direct_imports(todo.pop(), packages):
+            if n != module and n not in out:
+                out.add(n)
+                todo.append(n)
+    return frozenset(out)
+
+
+def clear_caches() -> None:
+    """Forget every file hash and import graph read so far (tests that edit sources)."""
+    _FILE_HASHES.clear()
+    _direct_imports.cache_clear()
+    project_imports.cache_clear()
 
 
 def _packages_for(module: str) -> tuple[str, ...]:

@@ -10,6 +10,12 @@ ensemble transcriptions): client partitions of the member set and the FedAvg rou
 * :func:`split_members` — a task's members as client splits, with their summary;
 * :func:`partition_summary` — per-client sizes and class histograms, the split's fingerprint and
   its skew (mean total-variation distance of the clients' label distributions from the pooled one).
+* :class:`OneShotClients`, :func:`one_shot_clients` — one-shot local training (DENSE, Zhang et al.
+  NeurIPS 2022; the client teachers of FedDPSD in the query unit): every client trains a copy of a
+  common initialization on its own data once; the models are a cached shared artifact keyed on the
+  task's member split, the seed and the settings, so DENSE and FedDPSD on the same task and seed
+  start from the very same client models. :class:`LogitEnsemble` (the mean of their logits) and
+  :func:`average_state` (their one-shot size-weighted parameter average) come with them.
 * :func:`run_fedavg` — FedAvg (McMahan, Moore, Ramage, Hampson & Agüera y Arcas, AISTATS 2017):
   each round a set of clients trains the global model locally (``local_epochs`` of minibatch SGD)
   and the server averages the returned models weighted by client size. With a :class:`ClientDP`
@@ -34,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.core.errors import BenchError
+from bench.lib.seeding import seeded_init
 from bench.lib.tasks import Split
 from bench.lib.train import accuracy, conv_layout, make_optimizer, memory_layout
 
@@ -228,3 +236,106 @@ def _load(model: nn.Module, values: list[torch.Tensor]) -> None:
     with torch.no_grad():
         for p, v in zip(_params(model), values):
             p.copy_(v)
+
+
+@dataclass
+class OneShotClients:
+    """The clients of one-shot federated learning: ``clients`` clients on the seeded ``partition``
+    of the members (``alpha``: Dirichlet concentration), each training ``arch`` from one common
+    initialization for ``local_epochs`` epochs of SGD (``local_lr``, ``local_momentum``, batch
+    ``local_batch_size``). Defaults: DENSE's MNIST client (``cnn-bn`` is its ``CNNMnist``; SGD lr
+    0.01, momentum 0.9, batch 128) with 10 local epochs (DENSE trains "until convergence")."""
+
+    clients: int = 10
+    partition: str = "dirichlet"
+    alpha: float = 0.5
+    arch: str = "cnn-bn"
+    local_epochs: int = 10
+    local_batch_size: int = 128
+    local_lr: float = 0.01
+    local_momentum: float = 0.9
+
+    def validate(self, name: str) -> None:
+        if self.clients < 2:
+            raise BenchError(f"{name}: needs at least 2 clients (an ensemble)")
+        if self.partition not in PARTITIONS:
+            raise BenchError(f"{name}: client partition must be one of {', '.join(PARTITIONS)}, got {self.partition!r}")
+        if min(self.local_epochs, self.local_batch_size) < 1:
+            raise BenchError(f"{name}: local_epochs and local_batch_size must be >= 1")
+        if not (self.alpha > 0 and self.local_lr > 0 and 0 <= self.local_momentum < 1):
+            raise BenchError(f"{name}: alpha and local_lr must be > 0, local_momentum in [0, 1)")
+
+
+class LogitEnsemble(nn.Module):
+    """The mean of the models' logits (DENSE's ``Ensemble_A``)."""
+
+    def __init__(self, models: list[nn.Module]):
+        super().__init__()
+        self.models = nn.ModuleList(models)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x) for m in self.models]).mean(0)
+
+
+def average_state(models: list[nn.Module], weights: list[float]) -> dict:
+    """The size-weighted average of the models' parameters and float buffers (one-shot FedAvg,
+    BatchNorm statistics included); integer buffers from the first model."""
+    states = [m.state_dict() for m in models]
+    total = float(sum(weights))
+    out = {}
+    for k, v in states[0].items():
+        if torch.is_floating_point(v):
+            out[k] = sum(s[k] * (w / total) for s, w in zip(states, weights))
+        else:
+            out[k] = v.clone()
+    return out
+
+
+#: bump when the client training below changes what it computes (part of the artifact key)
+ONE_SHOT_VERSION = 1
+
+
+def one_shot_clients(ctx, cfg: OneShotClients, build_model: Callable[[], nn.Module]
+                     ) -> tuple[list[nn.Module], nn.Module, dict]:
+    """The trained client models (eval mode, frozen, on ``ctx.device``), their common
+    initialization and the split's summary (:func:`partition_summary`).
+
+    ``build_model`` builds the architecture (called under the torch seed ``1000 seed + 31`` for
+    the common initialization); the clients train one after the other with one shuffling
+    generator seeded ``1000 seed + 37``. Cached as the shared artifact ``oneshot-clients`` keyed
+    on the task's fingerprint (its member split), the split, the seed and ``cfg``: every defense
+    that asks on the same task and seed (``dense``, FedDPSD's client teachers) gets the same
+    models, trained once. ValueError from the partition becomes a one-line error."""
+    init_seed, shuffle_seed = ctx.seed * 1000 + 31, ctx.seed * 1000 + 37
+    task = ctx.task
+    try:
+        clients, split = split_members(task.members, task.num_classes, cfg.clients, cfg.partition, cfg.alpha,
+                                       ctx.seed)
+    except ValueError as e:
+        raise BenchError(f"one-shot clients: {e}") from None
+    init = seeded_init(init_seed, build_model)
+    key = {"v": ONE_SHOT_VERSION, "task": task.info.get("fingerprint"), "split": split["fingerprint"],
+           "cfg": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}, "init_seed": init_seed,
+           "shuffle_seed": shuffle_seed, "arch": type(init).__name__}
+
+    def build():
+        rng = torch.Generator().manual_seed(shuffle_seed)
+        out: dict = {}
+        for i, data in enumerate(ctx.progress(clients, desc="one-shot local training")):
+            m = _clone(init).to(ctx.device)
+            local_update(m, data, epochs=cfg.local_epochs, batch_size=cfg.local_batch_size, lr=cfg.local_lr,
+                         momentum=cfg.local_momentum, device=ctx.device, generator=rng)
+            out.update({f"c{i}.{k}": v.detach().cpu() for k, v in m.state_dict().items()})
+        out["__meta__"] = {"clients": cfg.clients}
+        return out
+
+    bundle = ctx.artifact("oneshot-clients", key, build)
+    models = []
+    for i in range(cfg.clients):
+        m = _clone(init)
+        m.load_state_dict({k[len(f"c{i}."):]: v for k, v in bundle.items() if k.startswith(f"c{i}.")})
+        m.to(ctx.device).eval()
+        for p in m.parameters():
+            p.requires_grad_(False)
+        models.append(m)
+    return models, init, split

@@ -69,7 +69,7 @@ from bench.lib.distill.noise import (
     plan_gaussian,
     sensitivity_factor,
 )
-from bench.lib.distill.teacher import get_teacher, seeded_init
+from bench.lib.distill.teacher import get_teacher, resolve_teacher, seeded_init
 
 __all__ = [
     "CANARY_KEYS", "ENSEMBLE_UNITS", "EnsembleGaussianAnnotator", "EnsembleLedger", "EnsembleTeacher",
@@ -77,7 +77,7 @@ __all__ = [
     "setup_ensemble", "transcribe_ensemble", "vote_histogram", "NOISE_SCALES", "PLD_MAX_POINTS", "QUERY_UNITS", "DAFLGenerator", "GaussianAnnotator",
     "GaussianLedger", "GaussianPlan", "LoopConfig", "QueryCanaries", "RRAnnotator", "StudentCNN",
     "TranscriptionConfig", "adversarial_loss_fn", "calibrate_gaussian", "canary_info", "dafl_losses",
-    "dkd_per_sample", "gaussian_epsilon", "gaussian_privacy_extra", "generator_spec_args", "get_teacher",
+    "dkd_per_sample", "gaussian_epsilon", "gaussian_privacy_extra", "generator_spec_args", "get_teacher", "resolve_teacher",
     "input_stats", "kl_per_sample", "logits_and_features", "make_canaries", "normalize_rows",
     "own_unit_compositions", "per_sample_logit_grad", "plan_gaussian", "pld_points", "pure_dp_composition_epsilon",
     "rr_with_prior", "seeded_init", "sensitivity_factor", "student_loss_fn", "topk_mask", "transcribe",

@@ -60,6 +60,12 @@ class TranscriptionConfig:
     ema: float = 0.0
     eval_every: int = 20
     select_on_val: bool = True
+    #: FedDPSD in the query unit: a non-empty dict of :class:`bench.lib.federated.OneShotClients`
+    #: fields (e.g. ``{clients: 10, partition: dirichlet, alpha: 0.5}``) replaces the shared
+    #: ``none`` teacher by the mean logits of one-shot client models (``dense``'s clients: the same
+    #: task and seed give the same models); one teacher still answers each query, so the unit and
+    #: the accounting stay the single teacher's
+    teacher_clients: dict = field(default_factory=dict)
     # --- ensemble transcription (bench.lib.distill.ensemble): teachers > 1 trains one MLP
     # classifier per disjoint part of the members instead of using the shared ``none`` teacher
     #: 1 = the single shared teacher (privacy unit query / label); N > 1 = ensemble
@@ -93,3 +99,10 @@ class TranscriptionConfig:
             raise BenchError(f"{name}: teacher_hidden, teacher_epochs and teacher_batch_size must be >= 1")
         if self.teacher_partition == "dirichlet" and not self.teacher_alpha > 0:
             raise BenchError(f"{name}: teacher_alpha must be > 0")
+        if self.teacher_clients:
+            if self.teachers > 1 or self.teacher:
+                raise BenchError(f"{name}: teacher_clients replaces the single teacher: it excludes teachers > 1 "
+                                 "and teacher overrides")
+            from bench.lib.distill.teacher import client_settings
+
+            client_settings(self.teacher_clients, name)
