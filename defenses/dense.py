@@ -5,7 +5,9 @@ github.com/zj-jayzhang/DENSE).
 One communication round. The members are split over ``clients`` clients
 (:func:`bench.lib.federated.client_partition`, IID or Dirichlet(alpha) label skew); every client
 trains its own model from a common initialization on its own data (``local_epochs`` of SGD with
-momentum) and uploads it once. The server never sees data: it averages the clients' logits (the
+momentum) and uploads it once (:func:`bench.lib.federated.one_shot_clients`: a cached shared
+artifact, the same models as FedDPSD's query-unit teacher on the same task and seed). The server
+never sees data: it averages the clients' logits (the
 ensemble), then alternates, for ``epochs`` epochs,
 
 1. **data generation**: a generator is re-initialized and trained, jointly with its latent codes,
@@ -29,8 +31,8 @@ in the cell's info as diagnostics (the last is the "FedAvg" row of DENSE's one-s
 Settings. The official code's CIFAR-10 command: 200 epochs, ``g_steps`` 30, synthesis batch 256,
 generator Adam lr 1e-3 (betas 0.5, 0.999), latent 256, ``w_bn`` = ``w_oh`` = ``w_adv`` = 1, T =
 20, distillation SGD lr 0.005 momentum 0.9 batch 256, local SGD lr 0.01 momentum 0.9 batch 128
-"until convergence" (400 local epochs on CIFAR-10), client and global model the CNN of
-``cnn-bn`` (DENSE's ``CNNMnist`` for MNIST-sized inputs). CPU scale-down (size, not substance;
+"until convergence" (400 local epochs on CIFAR-10); for MNIST the client and global model is its
+``CNNMnist``, our ``cnn-bn``. CPU scale-down (size, not substance;
 docs/methods/dense.md): 40 epochs of 20 generator steps on batches of 128, 10 local epochs, and
 a generator of half DENSE's width. The generator is the library's DAFL generator with a
 (tanh + 1) / 2 output (= a sigmoid of twice the pre-activation), the same topology as DENSE's
