@@ -62,8 +62,9 @@ from torch import nn
 from bench.api import BenchError, Defense, PrivacyReport, Release, register_defense
 from bench.lib.accounting import calibrate_gaussian_scale, gaussian_rdp_epsilon, max_gaussian_compositions
 from bench.lib.datasets.base import dataset_info
-from bench.lib.models import Classifier, _flat_dim, build_model, register_arch, spec_for
-from bench.lib.synthetic import holdout, partition, row_universe, shard_capacity, train_student
+from bench.lib.models import Classifier, _flat_dim, register_arch, spec_for
+from bench.lib.synthetic import partition, row_universe, shard_capacity
+from bench.lib.synthetic import train_synthetic_student as synthetic_student
 from bench.lib.synthetic.aggregation import query_noise_multiplier, topagg
 from bench.lib.synthetic.gan import CondDCGANGenerator, generate
 from bench.lib.synthetic.teachers import LinearTeacherEnsemble, TeacherEnsemble
@@ -341,14 +342,9 @@ def train_synthetic_student(task, synth: Split, c: DataLensConfig, seed: int, de
                             curves: Optional[dict] = None) -> tuple[nn.Module, dict, dict]:
     """The student on the synthetic set (epoch selected on its seeded synthetic holdout); returns
     (student, its spec, history). ``curves`` are diagnostic accuracy curves (never selection)."""
-    tr, va = holdout(len(synth), c.synthetic_val_frac, seed * 31 + 5)
-    spec = spec_for(task, c.student_arch)
-    torch.manual_seed(seed * 31 + 6)
-    student = build_model(spec)
-    student, hist = train_student(student, synth.subset(tr), synth.subset(va), epochs=c.student_epochs,
-                                  lr=c.student_lr, batch_size=c.student_batch_size, optimizer=c.student_optimizer,
-                                  device=device, seed=seed * 31 + 7, curves=curves, progress=progress)
-    return student, spec, hist
+    return synthetic_student(task, synth, arch=c.student_arch, epochs=c.student_epochs, lr=c.student_lr,
+                             batch_size=c.student_batch_size, optimizer=c.student_optimizer,
+                             val_frac=c.synthetic_val_frac, seed=seed, device=device, progress=progress, curves=curves)
 
 
 @register_defense("datalens")

@@ -1,8 +1,9 @@
 """Shared machinery of the defenses that train a student on data they did not read directly
-(``datalens``, ``pate``, ``vae-metric``; ``tldmi`` uses :func:`holdout` only).
+(``datalens``, ``dp-gan``, ``pate``, ``vae-metric``; ``tldmi`` uses :func:`holdout` only).
 
 * :mod:`.student`: :func:`train_student` (epoch-selected student training with diagnostic
-  curves) and :func:`holdout` (a seeded train / selection split);
+  curves), :func:`holdout` (a seeded train / selection split) and :func:`train_synthetic_student`
+  (a DP generator's student, selected on a synthetic holdout);
 * :mod:`.partition`: disjoint teacher shards (:func:`partition`, :func:`shard_capacity`,
   :func:`row_universe`);
 * :mod:`.teachers`: stacked teacher discriminators (:class:`~.teachers.TeacherEnsemble`,
@@ -16,7 +17,8 @@ student does not load them.
 """
 
 from bench.lib.synthetic.partition import partition, row_universe, shard_capacity
-from bench.lib.synthetic.student import holdout, train_student
+from bench.lib.synthetic.student import holdout, train_student, train_synthetic_student
 from bench.lib.synthetic.teachers import adam
 
-__all__ = ["adam", "holdout", "partition", "row_universe", "shard_capacity", "train_student"]
+__all__ = ["adam", "holdout", "partition", "row_universe", "shard_capacity", "train_student",
+           "train_synthetic_student"]

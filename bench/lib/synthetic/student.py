@@ -1,6 +1,7 @@
 """Students trained on data the defense did not read directly (synthetic images, teacher-
-labelled public queries): :func:`holdout`, a seeded train / selection split, and
-:func:`train_student`, epoch-selected minibatch training with diagnostic accuracy curves."""
+labelled public queries): :func:`holdout`, a seeded train / selection split,
+:func:`train_student`, epoch-selected minibatch training with diagnostic accuracy curves, and
+:func:`train_synthetic_student`, the student of a DP data generator (DataLens, DP-GAN)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from bench.lib.models import build_model, spec_for
 from bench.lib.tasks import Split
 from bench.lib.train import fit_classifier
 
@@ -41,3 +43,20 @@ def train_student(model: nn.Module, train: Split, select: Optional[Split], *, ep
     hist["select_acc"] = hist.pop("val_acc")
     model.eval()
     return model, hist
+
+
+def train_synthetic_student(task, synth: Split, *, arch, epochs: int, lr: float, batch_size: int, optimizer: str,
+                            val_frac: float, seed: int, device="cpu", progress: Callable = lambda it, **k: it,
+                            curves: Optional[dict[str, Split]] = None) -> tuple[nn.Module, dict, dict]:
+    """The student of a synthetic set: architecture ``arch`` (a name or spec) trained on it, the
+    epoch selected on its seeded synthetic holdout (``val_frac``; post-processing of the
+    generator, no private data); returns (student, its spec, history). ``curves``: diagnostic
+    accuracy curves (never selection)."""
+    tr, va = holdout(len(synth), val_frac, seed * 31 + 5)
+    spec = spec_for(task, arch)
+    torch.manual_seed(seed * 31 + 6)
+    student = build_model(spec)
+    student, hist = train_student(student, synth.subset(tr), synth.subset(va), epochs=epochs, lr=lr,
+                                  batch_size=batch_size, optimizer=optimizer, device=device, seed=seed * 31 + 7,
+                                  curves=curves, progress=progress)
+    return student, spec, hist
