@@ -109,14 +109,18 @@ class DENSEConfig:
     eval_every: int = 1
     select_on_val: bool = True
 
+    def client_settings(self) -> OneShotClients:
+        """The one-shot client fields as the library's :class:`OneShotClients`."""
+        return OneShotClients(self.clients, self.partition, self.alpha, self.arch, self.local_epochs,
+                              self.local_batch_size, self.local_lr, self.local_momentum)
+
     def validate(self):
         ints = (self.clients, self.local_epochs, self.local_batch_size, self.epochs, self.g_steps,
                 self.synthesis_batch_size, self.latent_dim, self.generator_width, self.kd_batch_size, self.eval_every)
         if min(ints) < 1:
             raise BenchError("dense: clients, local_epochs, local_batch_size, epochs, g_steps, synthesis_batch_size, "
                              "latent_dim, generator_width, kd_batch_size and eval_every must be >= 1")
-        OneShotClients(self.clients, self.partition, self.alpha, self.arch, self.local_epochs, self.local_batch_size,
-                       self.local_lr, self.local_momentum).validate("dense")
+        self.client_settings().validate("dense")
         if not (self.lr_g > 0 and self.kd_lr > 0 and self.temperature > 0):
             raise BenchError("dense: lr_g, kd_lr and temperature must be > 0")
         if min(self.w_oh, self.w_bn, self.w_adv) < 0 or self.crop_padding < 0:
@@ -175,9 +179,7 @@ class DENSE(Defense):
         if c.w_bn > 0 and not any(isinstance(m, nn.BatchNorm2d) for m in build_model(spec).modules()):
             raise BenchError(f"dense: arch {spec['name']!r} has no BatchNorm2d layer for the L_BN term "
                              "(use arch: cnn-bn, or w_bn: 0)")
-        clients = OneShotClients(c.clients, c.partition, c.alpha, c.arch, c.local_epochs, c.local_batch_size,
-                                 c.local_lr, c.local_momentum)
-        models, init, split = one_shot_clients(ctx, clients, lambda: build_model(spec))
+        models, init, split = one_shot_clients(ctx, c.client_settings(), lambda: build_model(spec))
         ctx.log(f"dense: {c.clients} clients ({c.partition}{f', alpha {c.alpha:g}' if c.partition == 'dirichlet' else ''}), "
                 f"label skew (mean TV) {split['label_skew_tv']:.3f}, split {split['fingerprint']}")
         sizes = split["sizes"]

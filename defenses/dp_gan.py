@@ -157,7 +157,7 @@ def train_dp_gan(members, num_classes: int, c: DPGANConfig, *, epsilon: float, d
                                                noise_generator=torch.Generator(device=device).manual_seed(seed * 1000 + 67))
     # ---- from here on the members are read only through ``loader`` (inside the DP mechanism) ----
     z_rng = torch.Generator().manual_seed(seed * 1000 + 65)
-    hist = {"epsilon": [], "d_loss": [], "g_loss": []}
+    hist = {"epsilon": [], "g_loss": []}
     it = iter(loader)
     t0 = time.time()
     for step in progress(range(c.steps), desc="dp-gan steps"):
