@@ -63,10 +63,11 @@ from bench.api import BenchError, Defense, PrivacyReport, Release, register_defe
 from bench.lib.accounting import calibrate_gaussian_scale, gaussian_rdp_epsilon, max_gaussian_compositions
 from bench.lib.datasets.base import dataset_info
 from bench.lib.models import Classifier, _flat_dim, register_arch, spec_for
-from bench.lib.synthetic import partition, row_universe, shard_capacity
+from bench.lib.synthetic import row_universe
 from bench.lib.synthetic import train_synthetic_student as synthetic_student
 from bench.lib.synthetic.aggregation import query_noise_multiplier, topagg
 from bench.lib.synthetic.gan import CondDCGANGenerator, generate
+from bench.lib.synthetic.partition import padded_shards
 from bench.lib.synthetic.teachers import LinearTeacherEnsemble, TeacherEnsemble
 from bench.lib.tasks import Split
 from bench.lib.train import seed_everything
@@ -250,17 +251,9 @@ def train_generator(members: Split, num_classes: int, c: DataLensConfig, *, epsi
     if k > dim:
         raise BenchError(f"datalens: topk {k} exceeds the image dimension {dim}")
     rows = members.index if members.index is not None else np.arange(len(members))
-    shards = partition(np.asarray(rows), members.y.numpy(), N, c.partition, seed, universe)
     # shards padded to the public slot capacity, not the realised largest shard: the teachers'
     # fakes (one latent per slot) and everything drawn after them must not depend on other members
-    M = shard_capacity(int(rows.max()) + 1 if universe is None else universe, N)
-    if max(len(s) for s in shards) > M:  # pragma: no cover - partition guarantees it
-        raise BenchError("datalens: a shard exceeds the slot capacity")
-    pos = np.zeros((N, M), dtype=np.int64)
-    mask = np.zeros((N, M), dtype=bool)
-    for i, s in enumerate(shards):
-        pos[i, :len(s)] = s
-        mask[i, :len(s)] = True
+    pos, mask, M = padded_shards(np.asarray(rows), members.y.numpy(), N, c.partition, seed, universe)
     pos_t, mask_t = torch.from_numpy(pos), torch.from_numpy(mask).to(device)
     yr = members.y[pos_t].to(device)
     xall = torch.empty(N, 2 * M, dim, device=device)  # real rows, then the step's fakes

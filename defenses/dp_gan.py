@@ -41,35 +41,14 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from bench.api import BenchError, Defense, PrivacyReport, Release, register_defense
 from bench.lib.accounting import ACCOUNTANTS, dpsgd_noise_multiplier
 from bench.lib.models import spec_for
 from bench.lib.seeding import seeded_init
 from bench.lib.synthetic import train_synthetic_student
-from bench.lib.synthetic.gan import CondDCGANGenerator, generate
+from bench.lib.synthetic.gan import CondDCGANGenerator, CondDiscriminator, generate
 from bench.lib.train import seed_everything
-
-
-class CondDiscriminator(nn.Module):
-    """[x, one-hot label maps] -> Conv(C+K, d, 4, s2) LeakyReLU(0.2) -> Conv(d, 2d, 4, s2)
-    GroupNorm LeakyReLU(0.2) -> Linear -> one logit. No BatchNorm (Opacus)."""
-
-    def __init__(self, in_channels: int, image_size: int, num_classes: int, width: int = 32):
-        super().__init__()
-        self.num_classes = num_classes
-        self.conv1 = nn.Conv2d(in_channels + num_classes, width, 4, stride=2, padding=1)
-        self.conv2 = nn.Conv2d(width, 2 * width, 4, stride=2, padding=1)
-        self.norm2 = nn.GroupNorm(min(8, 2 * width), 2 * width)
-        side = math.floor((math.floor((image_size + 2 - 4) / 2) + 1 + 2 - 4) / 2) + 1
-        self.out = nn.Linear(2 * width * side * side, 1)
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        maps = F.one_hot(y.long(), self.num_classes).to(x.dtype)[:, :, None, None].expand(-1, -1, *x.shape[2:])
-        h = F.leaky_relu(self.conv1(torch.cat([x, maps], 1)), 0.2)
-        h = F.leaky_relu(self.norm2(self.conv2(h)), 0.2)
-        return self.out(h.flatten(1)).squeeze(1)
 
 
 @dataclass

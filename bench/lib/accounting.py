@@ -12,6 +12,8 @@ Google's ``dp_accounting`` for everything else). Nothing here computes an epsilo
 * Poisson-subsampled Gaussian rounds in dp_accounting (DP-FedAvg, client level):
   :func:`poisson_gaussian_epsilon`, :func:`calibrate_poisson_gaussian`;
 * compositions of a pure epsilon0-DP mechanism: :func:`pure_dp_composition_epsilon`;
+* compositions of the Laplace mechanism (dp_accounting; noise multiplier b = Laplace scale / L1
+  sensitivity): :func:`laplace_epsilon`, :func:`calibrate_laplace`;
 * the PLD memory guard: :data:`PLD_MAX_POINTS`, :func:`pld_points`, :func:`check_pld`.
 """
 
@@ -309,3 +311,41 @@ def pure_dp_composition_epsilon(epsilon0: float, count: int, delta: float) -> fl
     p = 2.0 / (math.exp(epsilon0) + 1.0)  # dp_accounting's noise parameter: prob. of a uniform draw
     acc.compose(dp_event.RandomizedResponseDpEvent(p, 2), int(count))
     return float(acc.get_epsilon(delta))
+
+
+# ---------------------------------------------------------------------------------------------
+# Laplace mechanisms in dp_accounting (PATE-GAN's noisy votes)
+
+
+def _laplace_event(scale: float, count: int):
+    from dp_accounting import dp_event
+
+    return dp_event.SelfComposedDpEvent(dp_event.LaplaceDpEvent(float(scale)), int(count))
+
+
+def laplace_epsilon(scale: float, count: int, delta: float, accountant: str = "pld") -> float:
+    """Epsilon at ``delta`` of ``count`` compositions of the Laplace mechanism whose scale is
+    ``scale`` times its L1 sensitivity (add/remove neighbours; dp_accounting, ``pld`` (tight for
+    Laplace) or ``rdp``)."""
+    if count <= 0:
+        return 0.0
+    acc = dp_accountant(accountant)
+    acc.compose(_laplace_event(scale, count))
+    return float(acc.get_epsilon(delta))
+
+
+@functools.lru_cache(maxsize=64)
+def calibrate_laplace(target_epsilon: float, delta: float, count: int, accountant: str = "pld") -> float:
+    """The smallest Laplace noise multiplier (scale / L1 sensitivity) with which ``count``
+    compositions spend at most ``target_epsilon`` at ``delta`` (dp_accounting's calibration on the
+    composed event). The bracket comes from the RDP accountant (fast; RDP over-estimates epsilon,
+    so its scale is an upper end) and is refined with ``accountant``."""
+    from dp_accounting import mechanism_calibration as mc
+
+    b_rdp = mc.calibrate_dp_mechanism(lambda: dp_accountant("rdp"), lambda b: _laplace_event(b, count),
+                                      target_epsilon, delta, mc.LowerEndpointAndGuess(1e-3, 1.0), tol=1e-4)
+    if accountant == "rdp":
+        return float(b_rdp)
+    return float(mc.calibrate_dp_mechanism(lambda: dp_accountant(accountant), lambda b: _laplace_event(b, count),
+                                           target_epsilon, delta, mc.ExplicitBracketInterval(0.5 * b_rdp, b_rdp),
+                                           tol=2e-3 * b_rdp))

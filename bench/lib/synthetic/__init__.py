@@ -5,7 +5,7 @@
   curves), :func:`holdout` (a seeded train / selection split) and :func:`train_synthetic_student`
   (a DP generator's student, selected on a synthetic holdout);
 * :mod:`.partition`: disjoint teacher shards (:func:`partition`, :func:`shard_capacity`,
-  :func:`row_universe`);
+  :func:`padded_shards`, :func:`row_universe`);
 * :mod:`.teachers`: stacked teacher discriminators (:class:`~.teachers.TeacherEnsemble`,
   :class:`~.teachers.LinearTeacherEnsemble`) and their optimizer :func:`adam`;
 * :mod:`.gan`: the conditional DCGAN generator (architecture ``datalens-generator``);
@@ -16,9 +16,9 @@ imported on demand (``from bench.lib.synthetic.gan import ...``), so a defense t
 student does not load them.
 """
 
-from bench.lib.synthetic.partition import partition, row_universe, shard_capacity
+from bench.lib.synthetic.partition import padded_shards, partition, row_universe, shard_capacity
 from bench.lib.synthetic.student import holdout, train_student, train_synthetic_student
 from bench.lib.synthetic.teachers import adam
 
-__all__ = ["adam", "holdout", "partition", "row_universe", "shard_capacity", "train_student",
+__all__ = ["adam", "holdout", "padded_shards", "partition", "row_universe", "shard_capacity", "train_student",
            "train_synthetic_student"]

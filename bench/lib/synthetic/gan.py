@@ -1,7 +1,9 @@
-"""Conditional GAN generators for DP synthetic data (DataLens; reusable by G-PATE and others):
-the conditional DCGAN generator of DataLens' ``model.py``, registered as architecture
-``datalens-generator`` (releases rebuild it from their spec), and :func:`generate`, a labelled
-synthetic set sampled from it."""
+"""Conditional GANs for DP synthetic data (DataLens, DP-GAN, PATE-GAN; reusable by G-PATE and
+others): the conditional DCGAN generator of DataLens' ``model.py``, registered as architecture
+``datalens-generator`` (releases rebuild it from their spec), :func:`generate`, a labelled
+synthetic set sampled from it, and :class:`CondDiscriminator`, a small conditional conv
+discriminator without BatchNorm (Opacus-compatible; DP-GAN's DP-SGD discriminator and PATE-GAN's
+student discriminator)."""
 
 from __future__ import annotations
 
@@ -100,3 +102,23 @@ def generate(G: CondDCGANGenerator, n: int, seed: int, batch: int = 1000) -> Spl
     gen = torch.Generator().manual_seed(seed)
     x, y = G.sample(n, generator=gen, batch_size=batch)
     return Split(x.contiguous(), y.long())
+
+
+class CondDiscriminator(nn.Module):
+    """[x, one-hot label maps] -> Conv(C+K, d, 4, s2) LeakyReLU(0.2) -> Conv(d, 2d, 4, s2)
+    GroupNorm LeakyReLU(0.2) -> Linear -> one logit. No BatchNorm (Opacus)."""
+
+    def __init__(self, in_channels: int, image_size: int, num_classes: int, width: int = 32):
+        super().__init__()
+        self.num_classes = num_classes
+        self.conv1 = nn.Conv2d(in_channels + num_classes, width, 4, stride=2, padding=1)
+        self.conv2 = nn.Conv2d(width, 2 * width, 4, stride=2, padding=1)
+        self.norm2 = nn.GroupNorm(min(8, 2 * width), 2 * width)
+        side = math.floor((math.floor((image_size + 2 - 4) / 2) + 1 + 2 - 4) / 2) + 1
+        self.out = nn.Linear(2 * width * side * side, 1)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        maps = F.one_hot(y.long(), self.num_classes).to(x.dtype)[:, :, None, None].expand(-1, -1, *x.shape[2:])
+        h = F.leaky_relu(self.conv1(torch.cat([x, maps], 1)), 0.2)
+        h = F.leaky_relu(self.norm2(self.conv2(h)), 0.2)
+        return self.out(h.flatten(1)).squeeze(1)

@@ -1,6 +1,7 @@
-"""Disjoint teacher shards of the private members (PATE-style defenses: ``pate``, ``datalens``):
-:func:`partition` (one member, one shard), :func:`shard_capacity` (the public size every shard
-is padded to) and :func:`row_universe` (the public row range the assignment is a function of)."""
+"""Disjoint teacher shards of the private members (PATE-style defenses: ``pate``, ``datalens``,
+``pate-gan``): :func:`partition` (one member, one shard), :func:`shard_capacity` (the public size
+every shard is padded to), :func:`padded_shards` (the shards as a padded position / mask table)
+and :func:`row_universe` (the public row range the assignment is a function of)."""
 
 from __future__ import annotations
 
@@ -72,3 +73,23 @@ def row_universe(task) -> int:
         return int(n)
     return int(max(int(s.index.max()) for s in (task.members, task.val, task.nonmembers)
                    if s.index is not None and len(s) > 0)) + 1
+
+
+def padded_shards(rows: np.ndarray, labels: np.ndarray, n_teachers: int, how: str, seed: int,
+                  universe: Optional[int] = None) -> tuple[np.ndarray, np.ndarray, int]:
+    """The shards of :func:`partition` as a table padded to the public slot capacity M
+    (:func:`shard_capacity`), not to the realised largest shard: ``pos`` (N, M) positions into
+    ``rows`` (0 in empty slots) and ``mask`` (N, M), True where a slot holds a member. A defense
+    that draws one fake per slot (DataLens, PATE-GAN) so draws nothing whose count depends on the
+    other members."""
+    rows = np.asarray(rows)
+    shards = partition(rows, labels, n_teachers, how, seed, universe)
+    M = shard_capacity(int(rows.max()) + 1 if universe is None else universe, n_teachers)
+    if max(len(s) for s in shards) > M:  # pragma: no cover - partition guarantees it
+        raise BenchError("a shard exceeds the slot capacity")
+    pos = np.zeros((n_teachers, M), dtype=np.int64)
+    mask = np.zeros((n_teachers, M), dtype=bool)
+    for i, s in enumerate(shards):
+        pos[i, :len(s)] = s
+        mask[i, :len(s)] = True
+    return pos, mask, M
