@@ -57,7 +57,7 @@ from bench.lib.seeding import seeded_init
 from bench.lib.synthetic import row_universe, train_synthetic_student
 from bench.lib.synthetic.gan import CondDCGANGenerator, CondDiscriminator, generate
 from bench.lib.synthetic.partition import padded_shards
-from bench.lib.synthetic.teachers import TeacherEnsemble
+from bench.lib.synthetic.teachers import LinearTeacherEnsemble, TeacherEnsemble
 from bench.lib.tasks import Split
 from bench.lib.train import seed_everything
 
@@ -66,8 +66,14 @@ from bench.lib.train import seed_everything
 class PATEGANConfig:
     #: teacher discriminators (disjoint shards of the members)
     teachers: int = 2000
+    #: teacher discriminator: ``mlp`` (conditional one-hidden-layer MLP, ``teacher_hidden`` units)
+    #: or ``linear`` (class-conditional maxout with ``teacher_pieces`` pieces, as DataLens')
+    teacher: Literal["mlp", "linear"] = "mlp"
     teacher_hidden: int = 16
+    teacher_pieces: int = 4
     teacher_lr: float = 1e-3
+    #: decoupled weight decay of the teachers (AdamW; 0 = Adam)
+    teacher_weight_decay: float = 0.0
     #: teacher GAN steps per iteration (n_T) and before the first one
     teacher_steps: int = 1
     pretrain_teacher: int = 10
@@ -108,6 +114,9 @@ class PATEGANConfig:
             raise BenchError("pate-gan: teachers, teacher_hidden, teacher_steps, steps, student_steps, batch_size, "
                              "z_dim, gf_dim, gfc_dim, df_dim, n_synthetic, student_epochs and student_batch_size "
                              "must be >= 1")
+        if self.teacher not in ("mlp", "linear") or self.teacher_pieces < 1 or self.teacher_weight_decay < 0:
+            raise BenchError("pate-gan: teacher must be 'mlp' or 'linear', teacher_pieces >= 1, "
+                             "teacher_weight_decay >= 0")
         if self.pretrain_teacher < 0:
             raise BenchError("pate-gan: pretrain_teacher must be >= 0")
         if not (self.teacher_lr > 0 and self.lr_d > 0 and self.lr_g > 0 and self.student_lr > 0):
@@ -164,8 +173,12 @@ def train_pate_gan(members: Split, num_classes: int, c: PATEGANConfig, *, epsilo
     G = seeded_init(seed * 7907 + 4, lambda: CondDCGANGenerator(shape[0], shape[-1], num_classes, c.z_dim, c.gf_dim,
                                                                  c.gfc_dim)).to(device)
     S = seeded_init(seed * 7907 + 5, lambda: CondDiscriminator(shape[0], shape[-1], num_classes, c.df_dim)).to(device)
-    T = TeacherEnsemble(N, dim, num_classes, c.teacher_hidden, t_rng, c.teacher_lr, c.beta1, device,
-                        batch_norm=False, input_norm=False, projection=True)
+    if c.teacher == "mlp":
+        T = TeacherEnsemble(N, dim, num_classes, c.teacher_hidden, t_rng, c.teacher_lr, c.beta1, device,
+                            batch_norm=False, input_norm=False, projection=True, weight_decay=c.teacher_weight_decay)
+    else:
+        T = LinearTeacherEnsemble(N, dim, num_classes, t_rng, c.teacher_lr, c.beta1, device, input_norm=False,
+                                  weight_decay=c.teacher_weight_decay, pieces=c.teacher_pieces)
     opt_g = torch.optim.Adam(G.parameters(), lr=c.lr_g, betas=(c.beta1, 0.999))
     opt_s = torch.optim.Adam(S.parameters(), lr=c.lr_d, betas=(c.beta1, 0.999))
     B, K = c.batch_size, num_classes
@@ -204,8 +217,9 @@ def train_pate_gan(members: Split, num_classes: int, c: PATEGANConfig, *, epsilo
                 f"real labels {np.mean(hist['real_label_frac'][-100 * c.student_steps:]):.2f}")
     spent = laplace_epsilon(scale, 2 * Q, delta, c.accountant) if private else math.inf
     hist["epsilon"].append((Q, spent))
+    # the teachers are returned for tests and diagnostics only: never released
     return {"generator": G.cpu().eval(), "scale": scale, "queries": Q, "epsilon": spent, "shard_capacity": M,
-            "history": hist}
+            "history": hist, "teachers": T}
 
 
 @register_defense("pate-gan")
