@@ -97,6 +97,7 @@ def load_frame(run_dir: str | Path) -> pd.DataFrame:
             "target_epsilon": target if isinstance(target, str) else (None if target is None else float(target)),
             "unit": priv.get("unit", "none"), "delta": priv.get("delta"), "accountant": priv.get("accountant", ""),
             "selection": priv.get("selection", ""),
+            "defense_config": json.dumps(cfg.get("defense_config") or {}, sort_keys=True),
         }
     rows = [{**meta[m["cell_key"]], "source": m["source"], "metric": m["name"], "value": m["value"]}
             for m in metrics if m["cell_key"] in meta]

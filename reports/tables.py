@@ -20,6 +20,7 @@ them all, with the plots and ``report.html``.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -151,7 +152,21 @@ def load_published(path: str | Path | None = None) -> tuple[list[dict], dict]:
         missing = {"method", "dataset", "epsilon", "accuracy", "source", "caveat"} - set(e)
         if missing or e["source"] not in sources:
             raise BenchError(f"{path}: entry {e} lacks {sorted(missing) or 'a known source'}")
+        if not isinstance(e.get("when", {}), dict):
+            raise BenchError(f"{path}: entry {e}: 'when' must be a mapping of defense settings")
     return entries, sources
+
+
+def published_applies(entry: dict, defense_config: dict) -> bool:
+    """Whether a published number describes a suite variant: every setting of the entry's optional
+    ``when`` equals the variant's (a setting the stored config lacks counts as matching; an empty
+    mapping and null are the same "unset"). E.g. the DPSD paper's centralised number is not shown
+    beside FedDPSD or the teacher-ensemble variants of ``dpsd``."""
+    def norm(v):
+        return None if v in ({}, [], None) else v
+
+    return all(k not in defense_config or norm(defense_config[k]) == norm(v)
+               for k, v in (entry.get("when") or {}).items())
 
 
 def selection_tag(text: str) -> str:
@@ -186,6 +201,8 @@ def accuracy_table(df: pd.DataFrame, published: str | Path | None = None) -> Tab
     method_of = df.groupby("defense")["method"].first().to_dict()
     unit_of = df.groupby("defense")["unit"].first().to_dict()
     selection_of = (df.groupby("defense")["selection"].first().to_dict() if "selection" in df else {})
+    config_of = ({d: json.loads(v) for d, v in df.groupby("defense")["defense_config"].first().items()}
+                 if "defense_config" in df else {})
     rows = methods + sorted({e["method"] for e in pub} - set(method_of.values()))
     deltas = df[df.delta.notna() & (df.unit != "none")].groupby("dataset")["delta"].first().to_dict()
     disp_rows, data_rows = [], []
@@ -205,7 +222,7 @@ def accuracy_table(df: pd.DataFrame, published: str | Path | None = None) -> Tab
             if eps == "inf":
                 continue
             here = [e for e in pub if e["dataset"] == ds and f"{float(e['epsilon']):g}" == eps
-                    and e["method"] == (method_of.get(r, r))]
+                    and e["method"] == (method_of.get(r, r)) and published_applies(e, config_of.get(r, {}))]
             if any(e["dataset"] == ds and f"{float(e['epsilon']):g}" == eps for e in pub):
                 drow[f"{label} (published, %)"] = "; ".join(f"{e['accuracy']:.2f} [{marks[e['source']]}]"
                                                             for e in here) or "—"

@@ -377,3 +377,34 @@ def test_the_layout_check_fails_on_a_table_that_does_not_fit(browser, wide, tmp_
     browser.set_window_size(1280, 1000)
     _open(browser, bad)
     assert browser.execute_script(_OVERFLOW)["bad"]
+
+
+def test_published_number_is_shown_only_beside_the_variants_it_describes():
+    import json
+
+    import pandas as pd
+
+    from reports.tables import accuracy_table, published_applies
+
+    entry = {"when": {"teachers": 1, "teacher_clients": {}}}
+    assert published_applies(entry, {"teachers": 1, "teacher_clients": {}})
+    assert published_applies(entry, {"teachers": 1, "teacher_clients": None})
+    assert published_applies(entry, {})  # a hand-made store without the setting
+    assert not published_applies(entry, {"teachers": 1, "teacher_clients": {"partition": "iid"}})
+    assert not published_applies(entry, {"teachers": 100, "teacher_clients": {}})
+    assert published_applies({}, {"teachers": 100})
+
+    def rows(defense, cfg, value):
+        return [{"dataset": "mnist", "defense": defense, "method": "dpsd", "seed": s, "epsilon": "1",
+                 "target_epsilon": 1.0, "unit": "query", "delta": 1e-5, "accountant": "PLD", "selection": "",
+                 "defense_config": json.dumps(cfg), "source": "utility", "metric": "test_acc", "value": value,
+                 "attack_method": None, "attack_kind": None} for s in (0, 1)]
+
+    df = pd.DataFrame(rows("dpsd", {"teachers": 1, "teacher_clients": {}}, 0.5)
+                      + rows("feddpsd-query", {"teachers": 1, "teacher_clients": {"partition": "iid"}}, 0.4)
+                      + rows("dpsd-ensemble", {"teachers": 250, "teacher_clients": {}}, 0.3))
+    t = accuracy_table(df)
+    pub = t.display.set_index("method")["mnist ε=1 (published, %)"]
+    assert pub["dpsd"].startswith("96.03") and pub["feddpsd-query"] == "—" and pub["dpsd-ensemble"] == "—"
+    published_rows = set(t.data[t.data.kind == "published"]["method"])
+    assert "dpsd" in published_rows and not {"feddpsd-query", "dpsd-ensemble"} & published_rows
