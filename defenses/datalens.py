@@ -68,7 +68,7 @@ from bench.lib.synthetic import train_synthetic_student as synthetic_student
 from bench.lib.synthetic.aggregation import query_noise_multiplier, topagg
 from bench.lib.synthetic.gan import CondDCGANGenerator, generate
 from bench.lib.synthetic.partition import padded_shards
-from bench.lib.synthetic.teachers import LinearTeacherEnsemble, TeacherEnsemble
+from bench.lib.synthetic.teachers import ConvTeacherEnsemble, LinearTeacherEnsemble, TeacherEnsemble
 from bench.lib.tasks import Split
 from bench.lib.train import seed_everything
 
@@ -171,8 +171,11 @@ class DataLensConfig:
     step_size: float = 1e-3
     lr: float = 1e-3
     beta1: float = 0.5
-    #: tiny teacher discriminator: "linear" (class-conditional maxout / logistic regression) or "mlp"
-    teacher: Literal["linear", "mlp"] = "linear"
+    #: tiny teacher discriminator: "linear" (class-conditional maxout / logistic regression), "mlp",
+    #: or "conv" (one 5x5 stride-2 convolution with ``teacher_filters`` maps, a per-class filter bias
+    #: and a per-class linear head: the measurement of the conv-teacher scale-down, see docs)
+    teacher: Literal["linear", "mlp", "conv"] = "linear"
+    teacher_filters: int = 4
     teacher_hidden: int = 16
     #: maxout pieces per class of the "linear" teacher, D(x, y) = max_r V[:, y, r] . x + c[y, r]
     #: (1 = logistic regression, whose input gradient is the same direction for every image of a
@@ -224,8 +227,8 @@ class DataLensConfig:
             raise BenchError("datalens: teachers, batch_size, student_epochs must be positive, n_synthetic >= 10")
         if self.topk is not None and self.topk <= 0:
             raise BenchError("datalens: topk must be positive")
-        if self.teacher_pieces < 1:
-            raise BenchError("datalens: teacher_pieces must be >= 1")
+        if self.teacher_pieces < 1 or self.teacher_filters < 1:
+            raise BenchError("datalens: teacher_pieces and teacher_filters must be >= 1")
         if not self.synthetic_blur >= 0:
             raise BenchError("datalens: synthetic_blur must be >= 0")
         if not 0 <= self.synthetic_val_frac < 1:
@@ -271,6 +274,9 @@ def train_generator(members: Split, num_classes: int, c: DataLensConfig, *, epsi
     if c.teacher == "linear":
         T = LinearTeacherEnsemble(N, dim, num_classes, g_rng, c.lr, c.beta1, device, c.teacher_input_norm,
                                   c.teacher_weight_decay, c.teacher_pieces)
+    elif c.teacher == "conv":
+        T = ConvTeacherEnsemble(N, tuple(members.x.shape[1:]), num_classes, g_rng, c.lr, c.beta1, device,
+                                c.teacher_filters, c.teacher_weight_decay)
     else:
         T = TeacherEnsemble(N, dim, num_classes, c.teacher_hidden, g_rng, c.lr, c.beta1, device, c.teacher_bn,
                             c.teacher_input_norm, c.teacher_projection, c.teacher_weight_decay)

@@ -22,7 +22,7 @@ from bench.lib import accounting as A
 from bench.lib.synthetic import aggregation as AG
 from bench.lib.synthetic.gan import CondDCGANGenerator
 from bench.lib.synthetic.partition import partition
-from bench.lib.synthetic.teachers import LinearTeacherEnsemble, TeacherEnsemble
+from bench.lib.synthetic.teachers import ConvTeacherEnsemble, LinearTeacherEnsemble, TeacherEnsemble
 from defenses import datalens as DL
 from defenses import pate as P
 from defenses import tldmi as TL
@@ -163,13 +163,16 @@ def _ensembles(N, dim, K, seed):
     return {"mlp": TeacherEnsemble(N, dim, K, 6, g),
             "linear": LinearTeacherEnsemble(N, dim, K, torch.Generator().manual_seed(seed), weight_decay=20.0),
             "maxout": LinearTeacherEnsemble(N, dim, K, torch.Generator().manual_seed(seed), weight_decay=20.0,
-                                               pieces=3)}
+                                               pieces=3),
+            # dim = 16: one 4 x 4 single-channel image
+            "conv": ConvTeacherEnsemble(N, (1, 4, 4), K, torch.Generator().manual_seed(seed), filters=3,
+                                        weight_decay=20.0)}
 
 
-@pytest.mark.parametrize("kind", ["mlp", "linear", "maxout"])
+@pytest.mark.parametrize("kind", ["mlp", "linear", "maxout", "conv"])
 def test_teacher_image_grads_and_independence(kind):
     gen = torch.Generator().manual_seed(3)
-    N, M, dim, K = 4, 5, 12, 3
+    N, M, dim, K = 4, 5, 16, 3
     T = _ensembles(N, dim, K, 3)[kind]
     with torch.no_grad():  # break the N(0, 0.02) symmetry so the check is not trivially small
         for p in T.params:
@@ -220,6 +223,33 @@ def test_teacher_image_grads_and_independence(kind):
         assert torch.equal(a[1:], b[1:])
         moved |= not torch.equal(a[0], b[0])
     assert moved
+
+
+def test_conv_teacher_is_each_teachers_own_convolution():
+    """The grouped convolution scores teacher i's images with teacher i's filters only: every
+    teacher's logits equal a plain conv2d -> per-class bias -> lrelu -> per-class linear head of its
+    own parameters, on per-teacher and on shared inputs (MNIST's 28 x 28 and an odd-sized 3-channel 7 x 9 image)."""
+    F_ = torch.nn.functional
+    for shape in ((1, 28, 28), (3, 7, 9)):
+        gen = torch.Generator().manual_seed(2)
+        N, M, K, f = 3, 5, 4, 2
+        T = ConvTeacherEnsemble(N, shape, K, torch.Generator().manual_seed(0), filters=f)
+        with torch.no_grad():
+            for p in T.params:
+                p.add_(torch.randn(p.shape, generator=gen) * 0.3)
+        dim = shape[0] * shape[1] * shape[2]
+        x = torch.rand(N, M, dim, generator=gen)
+        y = torch.randint(0, K, (N, M), generator=gen)
+        out = T.logits(x, y)
+        shared = T.logits(x[0], y[0])
+        for i in range(N):
+            h = F_.conv2d(x[i].view(M, *shape), T.Wc[i], stride=2, padding=2) + T.u[i][y[i]].view(M, f, 1, 1)
+            s = F_.leaky_relu(h, 0.2).reshape(M, -1) @ T.V[i] + T.c[i]
+            ref = s.gather(1, y[i].view(-1, 1)).squeeze(1)
+            assert torch.allclose(out[i], ref, atol=1e-5)
+            h0 = F_.conv2d(x[0].view(M, *shape), T.Wc[i], stride=2, padding=2) + T.u[i][y[0]].view(M, f, 1, 1)
+            s0 = F_.leaky_relu(h0, 0.2).reshape(M, -1) @ T.V[i] + T.c[i]
+            assert torch.allclose(shared[i], s0.gather(1, y[0].view(-1, 1)).squeeze(1), atol=1e-5)
 
 
 def test_maxout_teacher_votes_depend_on_the_image():
@@ -422,6 +452,9 @@ class _InversionProbe(Attack):
 TINY = {
     "datalens": {"teachers": 30, "topk": 4, "sigma": 400.0, "thresh": 0.2, "z_dim": 8, "gf_dim": 8, "gfc_dim": 32,
                  "teacher_hidden": 8, "max_steps": 6, "n_synthetic": 600, "student_epochs": 2, "steps_at_inf": 4},
+    "datalens-conv": {"method": "datalens", "teacher": "conv", "teacher_filters": 2, "teachers": 30, "topk": 4,
+                      "sigma": 400.0, "thresh": 0.2, "z_dim": 8, "gf_dim": 8, "gfc_dim": 32, "max_steps": 4,
+                      "n_synthetic": 600, "student_epochs": 1},
     "tldmi": {"width": 4, "hidden": 16, "pretrain_epochs": 2, "epochs": 2, "freeze_blocks": 2},
     "pate": {"teachers": 10, "teacher_hidden": 16, "teacher_epochs": 5, "max_queries": 200, "answers": 60,
              "threshold": 0.5, "student_arch": "mlp", "student_epochs": 5},
@@ -442,7 +475,7 @@ def test_every_baseline_end_to_end_through_the_runner(tmp_path):
     logs = []
     res = run_suite(suite, tmp_path / "out", cache_dir=tmp_path / "cache", data_dir=tmp_path / "data",
                     echo=logs.append, progress=False)
-    assert res["failed"] == 0 and res["done"] == 4, "\n".join(logs)
+    assert res["failed"] == 0 and res["done"] == len(TINY), "\n".join(logs)
     from conftest import metric_table, store_rows
 
     m = metric_table(tmp_path / "out")
@@ -454,7 +487,7 @@ def test_every_baseline_end_to_end_through_the_runner(tmp_path):
         assert 0.0 <= rows[("utility", "test_acc")] <= 1.0
         assert ("loss-threshold", "auc") in rows
         assert rows[("test-baselines-inversion-probe", "private_classes")] == 5.0
-        if d in ("datalens", "vae-metric"):
+        if d in ("datalens", "datalens-conv", "vae-metric"):
             assert rows[("test-baselines-inversion-probe", "n_modules")] == 2.0
             assert rows[("test-baselines-inversion-probe", "generator_shape_ok")] == 1.0
     cells = {r["defense"]: r for r in store_rows(tmp_path / "out", "SELECT defense, privacy FROM cells")}
@@ -462,7 +495,7 @@ def test_every_baseline_end_to_end_through_the_runner(tmp_path):
 
     priv = {d: json.loads(r["privacy"]) for d, r in cells.items()}
     assert priv["tldmi"]["unit"] == "none" and priv["tldmi"]["epsilon"] is None
-    for d in ("datalens", "pate"):
+    for d in ("datalens", "datalens-conv", "pate"):
         assert priv[d]["unit"] == "example" and 0 < priv[d]["epsilon"] <= 1.0 and priv[d]["delta"] == 1e-5
     assert priv["vae-metric"]["extra"]["guarantee"].startswith("metric privacy")
     assert priv["vae-metric"]["delta"] == 0.0

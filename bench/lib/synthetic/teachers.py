@@ -5,13 +5,14 @@ N) and trained with batched matmuls and one Adam, so thousands of teachers cost 
 * :class:`TeacherEnsemble`: conditional MLP discriminators (DCGAN-style label conditioning,
   optional batch normalisation and projection term);
 * :class:`LinearTeacherEnsemble`: class-conditional linear / maxout discriminators;
+* :class:`ConvTeacherEnsemble`: class-conditional one-conv discriminators (grouped convolution);
 * :class:`MLPClassifierEnsemble`: stacked one-hidden-layer MLP *classifiers* (PATE's teachers and
   the ensemble teachers of the data-free distillation defenses), with
   :func:`teacher_batches_per_epoch`, the shard-size-independent schedule they train on;
 * :func:`adam`: the optimizer both use (also PATE's stacked MLP teachers);
 * :func:`standardize`: per-image standardisation of a teacher's input.
 
-Both ensembles share one contract: ``logits(x, y, mask, sl)``, ``train_step(x, y, mask)`` (one
+The discriminator ensembles share one contract: ``logits(x, y, mask, sl)``, ``train_step(x, y, mask)`` (one
 GAN discriminator step of every teacher on its own shard) and ``image_grads(x, y, sl)`` (each
 teacher's gradient of the non-saturating generator loss w.r.t. the images: what TopAgg votes on).
 """
@@ -205,6 +206,76 @@ class LinearTeacherEnsemble:
         """-d mean_j softplus(-D_i(x_j, y_j)) / d x_j for every teacher i of ``sl`` -> (n, B, dim)."""
         V = self.V if sl == slice(None) else self.V[sl]
         n = V.shape[0]
+        xi = x.detach().unsqueeze(0).expand(n, -1, -1).clone().requires_grad_(True)
+        with torch.enable_grad():
+            loss = F.softplus(-self.logits(xi, y, None, sl)).mean(1).sum()
+            (g,) = torch.autograd.grad(loss, xi)
+        return -g
+
+
+class ConvTeacherEnsemble:
+    """N class-conditional convolutional discriminators as stacked tensors, evaluated as one
+    grouped convolution (``groups`` = teachers): D_i(x, y) = V_i[:, y] . h_i(x, y) + c_i[y] with
+    h_i(x, y) = lrelu_0.2(conv5x5/2_i(x) + u_i[y]) (``filters`` maps at half resolution). The
+    per-class filter bias u_i[y] is what DCGAN's conditional discriminator gets from
+    concatenating one-hot label maps to its input (away from the zero-padded border, where the
+    concatenation's bias is cut); the head is linear per class as DCGAN's last layer. One conv
+    layer instead of DataLens' conv stack with BN and a 1024-unit layer: the CPU measurement of
+    what a convolutional teacher gives beside the maxout one (docs/methods/datalens.md). Stacked
+    tensors, one Adam (= N independent Adams); N(0, 0.02) initialisation as DCGAN's."""
+
+    def __init__(self, n: int, image_shape: tuple, num_classes: int, generator: torch.Generator,
+                 lr: float = 1e-3, beta1: float = 0.5, device="cpu", filters: int = 4, weight_decay: float = 0.0):
+        C, H, W = (int(v) for v in image_shape)
+        self.n, self.K, self.C, self.H, self.W, self.f = n, num_classes, C, H, W, int(filters)
+        self.dim = C * H * W
+        self.Ho, self.Wo = (H + 1) // 2, (W + 1) // 2
+        feat = self.f * self.Ho * self.Wo
+
+        def init(*shape):
+            return (torch.randn(*shape, generator=generator) * 0.02).to(device).requires_grad_(True)
+
+        self.Wc = init(n, self.f, C, 5, 5)
+        self.u = torch.zeros(n, num_classes, self.f, device=device, requires_grad=True)
+        self.V = init(n, feat, num_classes)
+        self.c = torch.zeros(n, 1, num_classes, device=device, requires_grad=True)
+        self.params = [self.Wc, self.u, self.V, self.c]
+        self.opt = adam(self.params, lr, beta1, weight_decay)
+
+    def logits(self, x: torch.Tensor, y: torch.Tensor, mask=None, sl=slice(None)) -> torch.Tensor:
+        """x: (n, M, dim) per teacher or (M, dim) shared; y: (n, M) or (M,) -> (n, M)."""
+        Wc, u, V, c = (t if sl == slice(None) else t[sl] for t in (self.Wc, self.u, self.V, self.c))
+        n = Wc.shape[0]
+        if x.dim() == 2:
+            x = x.unsqueeze(0).expand(n, -1, -1)
+        M = x.shape[1]
+        if y.dim() == 1:
+            y = y.unsqueeze(0).expand(n, -1)
+        # (n, M, C*H*W) -> (M, n*C, H, W): teacher i's images are channel group i
+        xin = x.reshape(n, M, self.C, self.H, self.W).permute(1, 0, 2, 3, 4).reshape(M, n * self.C, self.H, self.W)
+        h = F.conv2d(xin, Wc.reshape(n * self.f, self.C, 5, 5), stride=2, padding=2, groups=n)
+        h = h.view(M, n, self.f, self.Ho * self.Wo).permute(1, 0, 2, 3)  # (n, M, f, Ho*Wo)
+        uy = torch.gather(u, 1, y.unsqueeze(-1).expand(-1, -1, self.f))  # (n, M, f)
+        h = F.leaky_relu(h + uy.unsqueeze(-1), 0.2).reshape(n, M, -1)
+        s = torch.matmul(h, V) + c  # (n, M, K)
+        return torch.gather(s, 2, y.unsqueeze(-1)).squeeze(-1)
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> float:
+        """Same contract as :meth:`TeacherEnsemble.train_step`."""
+        self.opt.zero_grad(set_to_none=True)
+        M = y.shape[1]
+        m = mask.float()
+        cnt = m.sum(1).clamp_min(1)
+        logit = self.logits(x, torch.cat([y, y], 1))
+        per = ((F.softplus(-logit[:, :M]) * m).sum(1) + (F.softplus(logit[:, M:]) * m).sum(1)) / cnt
+        loss = per.sum()
+        loss.backward()
+        self.opt.step()
+        return float(loss.detach()) / self.n
+
+    def image_grads(self, x: torch.Tensor, y: torch.Tensor, sl=slice(None)) -> torch.Tensor:
+        """-d mean_j softplus(-D_i(x_j, y_j)) / d x_j for every teacher i of ``sl`` -> (n, B, dim)."""
+        n = self.Wc.shape[0] if sl == slice(None) else self.Wc[sl].shape[0]
         xi = x.detach().unsqueeze(0).expand(n, -1, -1).clone().requires_grad_(True)
         with torch.enable_grad():
             loss = F.softplus(-self.logits(xi, y, None, sl)).mean(1).sum()
