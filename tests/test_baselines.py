@@ -455,6 +455,9 @@ TINY = {
     "datalens-conv": {"method": "datalens", "teacher": "conv", "teacher_filters": 2, "teachers": 30, "topk": 4,
                       "sigma": 400.0, "thresh": 0.2, "z_dim": 8, "gf_dim": 8, "gfc_dim": 32, "max_steps": 4,
                       "n_synthetic": 600, "student_epochs": 1},
+    "g-pate": {"teachers": 30, "sigma": 200.0, "sigma_thresh": 400.0, "z_dim": 8, "gf_dim": 8, "gfc_dim": 32,
+               "batch_size": 8, "proj_dim": 4, "max_steps": 4, "n_synthetic": 600, "student_epochs": 1,
+               "student_arch": "mlp"},
     "tldmi": {"width": 4, "hidden": 16, "pretrain_epochs": 2, "epochs": 2, "freeze_blocks": 2},
     "pate": {"teachers": 10, "teacher_hidden": 16, "teacher_epochs": 5, "max_queries": 200, "answers": 60,
              "threshold": 0.5, "student_arch": "mlp", "student_epochs": 5},
@@ -487,7 +490,7 @@ def test_every_baseline_end_to_end_through_the_runner(tmp_path):
         assert 0.0 <= rows[("utility", "test_acc")] <= 1.0
         assert ("loss-threshold", "auc") in rows
         assert rows[("test-baselines-inversion-probe", "private_classes")] == 5.0
-        if d in ("datalens", "datalens-conv", "vae-metric"):
+        if d in ("datalens", "datalens-conv", "g-pate", "vae-metric"):
             assert rows[("test-baselines-inversion-probe", "n_modules")] == 2.0
             assert rows[("test-baselines-inversion-probe", "generator_shape_ok")] == 1.0
     cells = {r["defense"]: r for r in store_rows(tmp_path / "out", "SELECT defense, privacy FROM cells")}
@@ -495,7 +498,7 @@ def test_every_baseline_end_to_end_through_the_runner(tmp_path):
 
     priv = {d: json.loads(r["privacy"]) for d, r in cells.items()}
     assert priv["tldmi"]["unit"] == "none" and priv["tldmi"]["epsilon"] is None
-    for d in ("datalens", "datalens-conv", "pate"):
+    for d in ("datalens", "datalens-conv", "g-pate", "pate"):
         assert priv[d]["unit"] == "example" and 0 < priv[d]["epsilon"] <= 1.0 and priv[d]["delta"] == 1e-5
     assert priv["vae-metric"]["extra"]["guarantee"].startswith("metric privacy")
     assert priv["vae-metric"]["delta"] == 0.0
