@@ -11,6 +11,11 @@ Google's ``dp_accounting`` for everything else). Nothing here computes an epsilo
   ``RepeatAndSelectDpEvent``): :func:`tuned_dpsgd_epsilon`, :func:`calibrate_tuned_dpsgd`;
 * Poisson-subsampled Gaussian rounds in dp_accounting (DP-FedAvg, client level):
   :func:`poisson_gaussian_epsilon`, :func:`calibrate_poisson_gaussian`;
+* rounds that each read one of K fixed disjoint shards, the unit's shard with probability q
+  (GS-WGAN's discriminators): :func:`shard_selected_gaussian_delta`,
+  :func:`shard_selected_gaussian_epsilon`, :func:`calibrate_shard_selected_gaussian`,
+  :func:`max_shard_selected_rounds` (dp_accounting's exact Gaussian privacy loss, mixed over the
+  binomial count of rounds that read the shard);
 * compositions of a pure epsilon0-DP mechanism: :func:`pure_dp_composition_epsilon`;
 * compositions of the Laplace mechanism (dp_accounting; noise multiplier b = Laplace scale / L1
   sensitivity): :func:`laplace_epsilon`, :func:`calibrate_laplace`;
@@ -292,6 +297,119 @@ def calibrate_poisson_gaussian(target_epsilon: float, delta: float, sample_rate:
         return float(mc.calibrate_dp_mechanism(
             lambda: dp_accountant(accountant), lambda z: _poisson_gaussian_event(z, sample_rate, steps),
             target_epsilon, delta, mc.LowerEndpointAndGuess(1e-2, 1.0), tol=1e-4))
+
+
+# ---------------------------------------------------------------------------------------------
+# rounds that read one of K fixed disjoint shards (GS-WGAN): no amplification of epsilon
+#
+# Each round picks one shard uniformly (the unit's with probability q = 1/K, independently across
+# rounds) and releases a Gaussian mechanism (multiplier z) of that shard's state. For a member of
+# shard k the round's output is (1-q) P + q A against (1-q) P + q B, where A, B are the Gaussian on
+# shard k with and without the member and P is the other shards' mixture, the same on both sides.
+# By joint convexity of the hockey-stick divergence this pair is dominated by (1-q) * bot + q A
+# against (1-q) * bot + q B, where bot is an outcome that tells the observer the unit's shard was
+# not read: the other shards are arbitrary data, so in the worst case their answers do give that
+# away. Dominating pairs compose adaptively (Zhu, Dong & Wang, AISTATS 2022), and the composition
+# of T such pairs reveals the number m ~ Binomial(T, q) of rounds that read the shard, in which the
+# output is m composed Gaussians, i.e. one Gaussian of sensitivity sqrt(m): exactly
+#     delta(eps) = sum_m Binomial(m; T, q) * delta_Gauss(eps; std z, sensitivity sqrt m),
+# the Gaussian term from dp_accounting's exact (analytic) Gaussian privacy loss. Unlike Poisson
+# subsampling of records, picking a fixed shard does not shrink epsilon, only how often it is paid.
+
+#: binomial mass left out of the sum is counted as delta 1 (conservative); this is its size
+_SHARD_TAIL = 1e-14
+
+
+def shard_selected_gaussian_delta(noise_multiplier: float, selection_prob: float, rounds: int,
+                                  epsilon: float) -> float:
+    """delta at ``epsilon`` of ``rounds`` rounds, each reading the unit's shard with probability
+    ``selection_prob`` through a Gaussian mechanism of multiplier ``noise_multiplier`` (std / L2
+    sensitivity), add/remove neighbours (see the section comment: exact for the dominating pair)."""
+    from dp_accounting.pld.privacy_loss_mechanism import GaussianPrivacyLoss
+    from scipy.stats import binom
+
+    z, q, T = float(noise_multiplier), float(selection_prob), int(rounds)
+    if not (z > 0 and 0 < q <= 1):
+        raise ValueError(f"noise multiplier must be > 0 and selection probability in (0, 1], got {z}, {q}")
+    if T <= 0:
+        return 0.0
+    top = int(min(T, binom.isf(_SHARD_TAIL, T, q) + 1))
+    delta = float(binom.sf(top, T, q))  # m > top: counted as delta 1
+    for m in range(1, top + 1):
+        p = float(binom.pmf(m, T, q))
+        if p > 0:
+            delta += p * float(GaussianPrivacyLoss(z, sensitivity=math.sqrt(m)).get_delta_for_epsilon(epsilon))
+    return min(delta, 1.0)
+
+
+def shard_selected_gaussian_epsilon(noise_multiplier: float, selection_prob: float, rounds: int,
+                                    delta: float) -> float:
+    """The smallest epsilon with :func:`shard_selected_gaussian_delta` <= ``delta`` (bisection;
+    delta is decreasing in epsilon), to 1e-6 relative."""
+    if rounds <= 0:
+        return 0.0
+
+    def d(e):
+        return shard_selected_gaussian_delta(noise_multiplier, selection_prob, rounds, e)
+
+    if d(0.0) <= delta:
+        return 0.0
+    lo, hi = 0.0, 1.0
+    while d(hi) > delta:
+        lo, hi = hi, hi * 2
+        if hi > 1e7:
+            return math.inf
+    while hi - lo > 1e-6 * max(hi, 1e-3):
+        mid = (lo + hi) / 2
+        if d(mid) <= delta:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def calibrate_shard_selected_gaussian(target_epsilon: float, delta: float, selection_prob: float,
+                                      rounds: int) -> float:
+    """The smallest multiplier (to 1e-4 relative) with which ``rounds`` shard-selected rounds spend
+    at most ``target_epsilon`` at ``delta`` (bisection on the multiplier; delta decreases in it)."""
+    def fits(z):
+        return shard_selected_gaussian_delta(z, selection_prob, rounds, target_epsilon) <= delta
+
+    lo, hi = 1e-3, 1.0
+    while not fits(hi):
+        lo, hi = hi, hi * 2
+        if hi > 1e8:
+            raise ValueError(f"no noise multiplier reaches epsilon {target_epsilon} in {rounds} rounds")
+    while hi / lo > 1 + 1e-4:
+        mid = math.sqrt(lo * hi)
+        if fits(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def max_shard_selected_rounds(noise_multiplier: float, selection_prob: float, target_epsilon: float,
+                              delta: float, upper: int = 10**8) -> int:
+    """The most rounds that spend at most ``target_epsilon`` at ``delta`` (0 if not one does)."""
+    def fits(t):
+        return shard_selected_gaussian_delta(noise_multiplier, selection_prob, t, target_epsilon) <= delta
+
+    if not fits(1):
+        return 0
+    lo, hi = 1, 2
+    while hi < upper and fits(hi):
+        lo, hi = hi, hi * 2
+    hi = min(hi, upper)
+    if fits(hi):
+        return hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 # ---------------------------------------------------------------------------------------------
