@@ -461,6 +461,9 @@ TINY = {
     "gs-wgan": {"discriminators": 10, "iterations": 10, "pretrain_iterations": 1, "batch_size": 8, "critic_iters": 1,
                 "z_dim": 4, "gf_dim": 8, "gfc_dim": 32, "df_dim": 8, "n_synthetic": 600, "student_epochs": 1,
                 "student_arch": "mlp"},
+    "fedavg-gan": {"clients": 10, "expected_clients_per_round": 3.0, "rounds": 4, "local_steps": 1, "batch_size": 8,
+                   "z_dim": 4, "gf_dim": 8, "gfc_dim": 32, "df_dim": 8, "n_synthetic": 600, "student_epochs": 1,
+                   "student_arch": "mlp"},
     "tldmi": {"width": 4, "hidden": 16, "pretrain_epochs": 2, "epochs": 2, "freeze_blocks": 2},
     "pate": {"teachers": 10, "teacher_hidden": 16, "teacher_epochs": 5, "max_queries": 200, "answers": 60,
              "threshold": 0.5, "student_arch": "mlp", "student_epochs": 5},
@@ -493,7 +496,7 @@ def test_every_baseline_end_to_end_through_the_runner(tmp_path):
         assert 0.0 <= rows[("utility", "test_acc")] <= 1.0
         assert ("loss-threshold", "auc") in rows
         assert rows[("test-baselines-inversion-probe", "private_classes")] == 5.0
-        if d in ("datalens", "datalens-conv", "g-pate", "gs-wgan", "vae-metric"):
+        if d in ("datalens", "datalens-conv", "fedavg-gan", "g-pate", "gs-wgan", "vae-metric"):
             assert rows[("test-baselines-inversion-probe", "n_modules")] == 2.0
             assert rows[("test-baselines-inversion-probe", "generator_shape_ok")] == 1.0
     cells = {r["defense"]: r for r in store_rows(tmp_path / "out", "SELECT defense, privacy FROM cells")}
@@ -503,5 +506,6 @@ def test_every_baseline_end_to_end_through_the_runner(tmp_path):
     assert priv["tldmi"]["unit"] == "none" and priv["tldmi"]["epsilon"] is None
     for d in ("datalens", "datalens-conv", "g-pate", "gs-wgan", "pate"):
         assert priv[d]["unit"] == "example" and 0 < priv[d]["epsilon"] <= 1.0 and priv[d]["delta"] == 1e-5
+    assert priv["fedavg-gan"]["unit"] == "client" and 0 < priv["fedavg-gan"]["epsilon"] <= 1.0
     assert priv["vae-metric"]["extra"]["guarantee"].startswith("metric privacy")
     assert priv["vae-metric"]["delta"] == 0.0

@@ -155,14 +155,20 @@ def local_update(model: nn.Module, data: Split, *, epochs: int, batch_size: int,
 def run_fedavg(model: nn.Module, clients: list[Split], *, rounds: int, local_epochs: int, batch_size: int, lr: float,
                momentum: float = 0.0, clients_per_round: Optional[int] = None, dp: Optional[ClientDP] = None,
                val: Optional[Split] = None, eval_every: int = 1, seed: int = 0, device="cpu",
-               progress: Callable = lambda it, **k: it) -> tuple[nn.Module, dict]:
+               progress: Callable = lambda it, **k: it, local_fn: Optional[Callable] = None,
+               after_round: Optional[Callable[[int], None]] = None) -> tuple[nn.Module, dict]:
     """The global model after ``rounds`` rounds (the last one: no selection) and its history
     (participants per round, validation accuracy every ``eval_every`` rounds as a diagnostic).
 
     Without ``dp``: ``clients_per_round`` clients (all when None) drawn uniformly without
     replacement each round, the new global model the size-weighted mean of their local models.
     With ``dp``: every client joins with probability q independently (a round may have none); the
-    update is ``server_lr * (sum_i clip_S(delta_i) + N(0, (z S)^2 I)) / (q N)``."""
+    update is ``server_lr * (sum_i clip_S(delta_i) + N(0, (z S)^2 I)) / (q N)``.
+
+    ``local_fn(model, data, generator, layout)`` replaces the clients' local training (default:
+    :func:`local_update`'s cross-entropy SGD; FedAvg-GAN trains a discriminator); it must read
+    nothing private but ``data``. ``after_round(r)`` runs on the server after round r's update
+    (FedAvg-GAN's generator steps): whatever it computes is a function of the released updates."""
     if any(b.numel() and torch.is_floating_point(b) for b in model.buffers()):
         raise ValueError("federated averaging here covers parameters only: the model has float buffers")
     model.to(device)
@@ -175,13 +181,13 @@ def run_fedavg(model: nn.Module, clients: list[Split], *, rounds: int, local_epo
     layout = conv_layout(model, clients[0].x) if clients else torch.contiguous_format
     with memory_layout(layout, model, local):
         _rounds(model, local, clients, rounds, local_epochs, batch_size, lr, momentum, clients_per_round, dp, val,
-                eval_every, device, progress, g, noise_g, sizes, hist, layout)
+                eval_every, device, progress, g, noise_g, sizes, hist, layout, local_fn, after_round)
     model.eval()
     return model, hist
 
 
 def _rounds(model, local, clients, rounds, local_epochs, batch_size, lr, momentum, clients_per_round, dp, val,
-            eval_every, device, progress, g, noise_g, sizes, hist, layout) -> None:
+            eval_every, device, progress, g, noise_g, sizes, hist, layout, local_fn=None, after_round=None) -> None:
     N = len(clients)
     for r in progress(range(rounds), desc="fedavg rounds"):
         if dp is None:
@@ -195,8 +201,11 @@ def _rounds(model, local, clients, rounds, local_epochs, batch_size, lr, momentu
         clipped = nonfinite = 0
         for i in chosen:
             _load(local, start)
-            local_update(local, clients[i], epochs=local_epochs, batch_size=batch_size, lr=lr, momentum=momentum,
-                         device=device, generator=g, layout=layout)
+            if local_fn is None:
+                local_update(local, clients[i], epochs=local_epochs, batch_size=batch_size, lr=lr, momentum=momentum,
+                             device=device, generator=g, layout=layout)
+            else:
+                local_fn(local, clients[i], g, layout)
             delta = [p.detach() - s for p, s in zip(_params(local), start)]
             if dp is None:
                 w = float(sizes[i] / sizes[chosen].sum())
@@ -221,6 +230,8 @@ def _rounds(model, local, clients, rounds, local_epochs, batch_size, lr, momentu
         with torch.no_grad():
             for p, s, a in zip(_params(model), start, acc):
                 p.copy_(s + a)
+        if after_round is not None:
+            after_round(r)
         if val is not None and len(val) and ((r + 1) % eval_every == 0 or r == rounds - 1):
             hist["val_acc"].append(accuracy(model, val, device))
             hist["val_round"].append(r + 1)
