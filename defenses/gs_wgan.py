@@ -8,7 +8,9 @@ shard). Each conditional WGAN-GP critic D_k sees only its shard:
 
 1. **warm start** (the authors' ``pretrain.py``): each D_k is trained non-privately for
    ``pretrain_iterations`` WGAN-GP iterations (``critic_iters`` critic steps each) against its own
-   generator, a copy of the main generator's initial weights that is then thrown away;
+   generator, a copy of the main generator's initial weights that is then thrown away (the
+   authors draw a fresh random generator per critic and do not clip its gradients; here the
+   throw-away generator's image gradients pass the same clip, without noise);
 2. **training**, ``iterations`` rounds: one critic index k is drawn uniformly; D_k takes
    ``critic_iters`` WGAN-GP steps (gradient penalty ``lambda_gp``, drift penalty ``lambda_eps`` on
    its real scores) on a batch of its shard and fakes with the same labels; then G generates

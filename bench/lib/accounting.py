@@ -1,5 +1,7 @@
 """Privacy accounting: the one place the project calls a library accountant (Opacus for DP-SGD,
-Google's ``dp_accounting`` for everything else). Nothing here computes an epsilon by hand.
+Google's ``dp_accounting`` for everything else). Nothing here computes an epsilon by hand, except
+the shard-selected Gaussian, an exact binomial mixture (scipy) of dp_accounting's analytic
+Gaussian delta, whose epsilon is found by bisection.
 
 * DP-SGD (Opacus): :func:`make_accountant`, :func:`dpsgd_noise_multiplier`, :func:`dpsgd_epsilon`;
 * compositions of Gaussian mechanisms (dp_accounting; noise multiplier z = noise std / L2
