@@ -62,12 +62,18 @@ from torch import nn
 from bench.api import BenchError, Defense, PrivacyReport, Release, register_defense
 from bench.lib.accounting import calibrate_gaussian_scale, gaussian_rdp_epsilon, max_gaussian_compositions
 from bench.lib.datasets.base import dataset_info
-from bench.lib.models import Classifier, _flat_dim, register_arch, spec_for
+from bench.lib.models import Classifier, _flat_dim, register_arch
 from bench.lib.synthetic import row_universe
 from bench.lib.synthetic import train_synthetic_student as synthetic_student
 from bench.lib.synthetic.aggregation import query_noise_multiplier, topagg
 from bench.lib.synthetic.gan import CondDCGANGenerator, generate
 from bench.lib.synthetic.partition import padded_shards
+from bench.lib.synthetic.release import (
+    REAL_VAL_NOTE,
+    STUDENT_SELECTION,
+    generator_release,
+    student_synthetic_seed,
+)
 from bench.lib.synthetic.teachers import ConvTeacherEnsemble, LinearTeacherEnsemble, TeacherEnsemble
 from bench.lib.tasks import Split
 from bench.lib.train import seed_everything
@@ -365,12 +371,6 @@ class DataLens(Defense):
                               dataset=task.dataset, seed=ctx.seed, device=ctx.device, log=ctx.log,
                               progress=ctx.progress, universe=row_universe(task))
         t_gen = time.time() - t0
-        G = out["generator"]
-        synth = generate(G, c.n_synthetic, ctx.seed * 31 + 3)
-        # ---- the student sees synthetic data only; the real validation curve is a diagnostic ----
-        student, sspec, hist = train_synthetic_student(task, synth, c, ctx.seed, ctx.device, ctx.progress,
-                                                       curves={"real_val": task.val})
-        gspec = spec_for(task, {"name": "datalens-generator", **out["gspec"]})
         private = not math.isinf(ctx.epsilon)
         privacy = PrivacyReport(
             out["epsilon"], ctx.delta, "example",
@@ -382,16 +382,12 @@ class DataLens(Defense):
              "budget_queries": out["budget_queries"], "target_epsilon": ctx.epsilon, "partition": c.partition,
              "neighbouring": "add/remove one member (changes one teacher's shard)",
              "rdp_per_query": "2 k lambda / sigma^2", "setting": out["setting_source"]},
-            "student epoch chosen on held-out synthetic samples (post-processing of the DP generator: inside the "
-            "epsilon); the real validation curve is a diagnostic, never used")
-        info = {"history": {"student": hist, "generator": out["history"]},
-                "selected_by": "synthetic_val_acc", "selected_epoch": hist["selected_epoch"],
-                "n_synthetic": c.n_synthetic, "shard_capacity": out["shard_capacity"], "generator_seconds": t_gen,
-                "paper_setting_source": out["paper_setting_source"],
-                "real_val_curve_note": "accuracy on task.val per student epoch: diagnostic, never used for "
-                                       "selection (the paper selects the max over epochs on test)"}
-        return Release({"model": student.cpu().eval(), "generator": G.cpu().eval()},
-                       {"model": sspec, "generator": gspec}, privacy, info)
+            f"{STUDENT_SELECTION}; the real validation curve is a diagnostic, never used")
+        return generator_release(ctx, out["generator"], c, privacy, generator_history=out["history"],
+                                 gspec=out["gspec"],
+                                 info={"shard_capacity": out["shard_capacity"], "generator_seconds": t_gen,
+                                       "paper_setting_source": out["paper_setting_source"]},
+                                 real_val_note=f"{REAL_VAL_NOTE} (the paper selects the max over epochs on test)")
 
 
 def paper_protocol_accuracy(release: Release, task, config: Optional[dict] = None, seed: int = 0,
@@ -405,7 +401,7 @@ def paper_protocol_accuracy(release: Release, task, config: Optional[dict] = Non
 
     c = make_config(DataLensConfig, config or {}, "defenses.datalens")
     c.student_epochs = max(c.student_epochs, int(epochs))
-    synth = generate(release.modules["generator"].cpu(), c.n_synthetic, seed * 31 + 3)
+    synth = generate(release.modules["generator"].cpu(), c.n_synthetic, student_synthetic_seed(seed))
     _, _, hist = train_synthetic_student(task, synth, c, seed, device, curves={"test": task.test})
     return {"test_acc_max_over_epochs": float(max(hist["test_acc"])),
             "test_acc_synthetic_val_selected": float(hist["test_acc"][hist["selected_epoch"]]),

@@ -44,10 +44,9 @@ import torch.nn.functional as F
 from bench.api import BenchError, Defense, PrivacyReport, Release, register_defense
 from bench.lib.accounting import calibrate_poisson_gaussian, poisson_gaussian_epsilon
 from bench.lib.federated import ClientDP, run_fedavg, split_members
-from bench.lib.models import spec_for
 from bench.lib.seeding import seeded_init
-from bench.lib.synthetic import train_synthetic_student
-from bench.lib.synthetic.gan import CondDCGANGenerator, CondDiscriminator, generate
+from bench.lib.synthetic.gan import CondDCGANGenerator, CondDiscriminator
+from bench.lib.synthetic.release import STUDENT_SELECTION, generator_release
 from bench.lib.tasks import Split
 from bench.lib.train import seed_everything
 
@@ -190,15 +189,6 @@ class FedAvgGAN(Defense):
         task = ctx.task
         out = train_fedavg_gan(task.members, task.num_classes, c, epsilon=ctx.epsilon, delta=ctx.delta,
                                seed=ctx.seed, device=ctx.device, progress=ctx.progress, log=ctx.log)
-        G = out["generator"]
-        synth = generate(G, c.n_synthetic, ctx.seed * 31 + 3)
-        # ---- the student sees synthetic data only; the real validation curve is a diagnostic ----
-        student, sspec, hist = train_synthetic_student(
-            task, synth, arch=c.student_arch, epochs=c.student_epochs, lr=c.student_lr,
-            batch_size=c.student_batch_size, optimizer=c.student_optimizer, val_frac=c.synthetic_val_frac,
-            seed=ctx.seed, device=ctx.device, progress=ctx.progress, curves={"real_val": task.val})
-        gspec = spec_for(task, {"name": "datalens-generator", "z_dim": c.z_dim, "gf_dim": c.gf_dim,
-                                "gfc_dim": c.gfc_dim})
         private = not math.isinf(ctx.epsilon)
         if private:
             privacy = PrivacyReport(
@@ -211,18 +201,14 @@ class FedAvgGAN(Defense):
                  "target_epsilon": ctx.epsilon, "neighbouring": "add/remove one client's whole data",
                  "example_level": "not accounted (one member's change moves its client's clipped delta by up to "
                                   "2 S: replace-one-client)"},
-                "student epoch chosen on held-out synthetic samples (post-processing of the DP generator: inside "
-                "the epsilon); fixed GAN settings, the generator after the last round")
+                f"{STUDENT_SELECTION}; fixed GAN settings, the generator after the last round")
         else:
             privacy = PrivacyReport.non_private()
-        info = {"history": {"student": hist, "generator": {"g_loss": out["g_loss"],
-                                                           "participants": out["participants"]}},
-                "selected_by": "synthetic_val_acc", "selected_epoch": hist["selected_epoch"],
-                "n_synthetic": c.n_synthetic, "generator_seconds": out["seconds"], "partition": c.partition,
-                "alpha": c.alpha if c.partition == "dirichlet" else None,
-                "simulation": {"clients": out["split"], "clipped_fraction": out["clipped_fraction"],
-                               "note": "noise-free statistics of the members for the experimenter; not part of "
-                                       "the released model"},
-                "real_val_curve_note": "accuracy on task.val per student epoch: diagnostic, never used for selection"}
-        return Release({"model": student.cpu().eval(), "generator": G.cpu().eval()},
-                       {"model": sspec, "generator": gspec}, privacy, info)
+        return generator_release(
+            ctx, out["generator"], c, privacy,
+            generator_history={"g_loss": out["g_loss"], "participants": out["participants"]},
+            info={"generator_seconds": out["seconds"], "partition": c.partition,
+                  "alpha": c.alpha if c.partition == "dirichlet" else None,
+                  "simulation": {"clients": out["split"], "clipped_fraction": out["clipped_fraction"],
+                                 "note": "noise-free statistics of the members for the experimenter; not part of "
+                                         "the released model"}})

@@ -69,13 +69,17 @@ import numpy as np
 import torch
 
 from bench.api import BenchError, Defense, PrivacyReport, Release, register_defense
-from bench.lib.accounting import (calibrate_shard_selected_gaussian, dp_accountant, max_shard_selected_rounds,
-                                  shard_selected_gaussian_epsilon)
-from bench.lib.models import spec_for
+from bench.lib.accounting import (
+    calibrate_shard_selected_gaussian,
+    dp_accountant,
+    max_shard_selected_rounds,
+    shard_selected_gaussian_epsilon,
+)
 from bench.lib.seeding import seeded_init
-from bench.lib.synthetic import row_universe, train_synthetic_student
-from bench.lib.synthetic.gan import CondDCGANGenerator, CondDiscriminator, generate
+from bench.lib.synthetic import row_universe
+from bench.lib.synthetic.gan import CondDCGANGenerator, CondDiscriminator
 from bench.lib.synthetic.partition import padded_shards
+from bench.lib.synthetic.release import STUDENT_SELECTION, generator_release
 from bench.lib.tasks import Split
 from bench.lib.train import seed_everything
 
@@ -322,15 +326,6 @@ class GSWGAN(Defense):
         out = train_gs_wgan(task.members, task.num_classes, c, epsilon=ctx.epsilon, delta=ctx.delta, seed=ctx.seed,
                             device=ctx.device, universe=row_universe(task), progress=ctx.progress, log=ctx.log)
         t_gen = time.time() - t0
-        G = out["generator"]
-        synth = generate(G, c.n_synthetic, ctx.seed * 31 + 3)
-        # ---- the student sees synthetic data only; the real validation curve is a diagnostic ----
-        student, sspec, hist = train_synthetic_student(
-            task, synth, arch=c.student_arch, epochs=c.student_epochs, lr=c.student_lr,
-            batch_size=c.student_batch_size, optimizer=c.student_optimizer, val_frac=c.synthetic_val_frac,
-            seed=ctx.seed, device=ctx.device, progress=ctx.progress, curves={"real_val": task.val})
-        gspec = spec_for(task, {"name": "datalens-generator", "z_dim": c.z_dim, "gf_dim": c.gf_dim,
-                                "gfc_dim": c.gfc_dim})
         private = not math.isinf(ctx.epsilon)
         privacy = PrivacyReport(
             out["epsilon"], ctx.delta, "example",
@@ -351,11 +346,7 @@ class GSWGAN(Defense):
              "paper_setting": {"noise_multiplier": PAPER_NOISE, "iterations": PAPER_ITERATIONS},
              "neighbouring": "add/remove one member (changes one critic: every image gradient of a round that "
                              "reads it)"},
-            "student epoch chosen on held-out synthetic samples (post-processing of the DP generator: inside the "
-            "epsilon); fixed GAN settings, the generator's moving average after the last iteration")
-        info = {"history": {"student": hist, "generator": out["history"]}, "selected_by": "synthetic_val_acc",
-                "selected_epoch": hist["selected_epoch"], "n_synthetic": c.n_synthetic, "generator_seconds": t_gen,
-                "stage_seconds": out["seconds"], "shard_capacity": out["shard_capacity"],
-                "real_val_curve_note": "accuracy on task.val per student epoch: diagnostic, never used for selection"}
-        return Release({"model": student.cpu().eval(), "generator": G.cpu().eval()},
-                       {"model": sspec, "generator": gspec}, privacy, info)
+            f"{STUDENT_SELECTION}; fixed GAN settings, the generator's moving average after the last iteration")
+        return generator_release(ctx, out["generator"], c, privacy, generator_history=out["history"],
+                                 info={"generator_seconds": t_gen, "stage_seconds": out["seconds"],
+                                       "shard_capacity": out["shard_capacity"]})

@@ -52,11 +52,11 @@ import torch.nn.functional as F
 
 from bench.api import BenchError, Defense, PrivacyReport, Release, register_defense
 from bench.lib.accounting import calibrate_laplace, laplace_epsilon
-from bench.lib.models import spec_for
 from bench.lib.seeding import seeded_init
-from bench.lib.synthetic import row_universe, train_synthetic_student
-from bench.lib.synthetic.gan import CondDCGANGenerator, CondDiscriminator, generate
+from bench.lib.synthetic import row_universe
+from bench.lib.synthetic.gan import CondDCGANGenerator, CondDiscriminator
 from bench.lib.synthetic.partition import padded_shards
+from bench.lib.synthetic.release import STUDENT_SELECTION, generator_release
 from bench.lib.synthetic.teachers import LinearTeacherEnsemble, TeacherEnsemble
 from bench.lib.tasks import Split
 from bench.lib.train import seed_everything
@@ -240,15 +240,6 @@ class PATEGAN(Defense):
         out = train_pate_gan(task.members, task.num_classes, c, epsilon=ctx.epsilon, delta=ctx.delta, seed=ctx.seed,
                              device=ctx.device, universe=row_universe(task), progress=ctx.progress, log=ctx.log)
         t_gen = time.time() - t0
-        G = out["generator"]
-        synth = generate(G, c.n_synthetic, ctx.seed * 31 + 3)
-        # ---- the student sees synthetic data only; the real validation curve is a diagnostic ----
-        student, sspec, hist = train_synthetic_student(
-            task, synth, arch=c.student_arch, epochs=c.student_epochs, lr=c.student_lr,
-            batch_size=c.student_batch_size, optimizer=c.student_optimizer, val_frac=c.synthetic_val_frac,
-            seed=ctx.seed, device=ctx.device, progress=ctx.progress, curves={"real_val": task.val})
-        gspec = spec_for(task, {"name": "datalens-generator", "z_dim": c.z_dim, "gf_dim": c.gf_dim,
-                                "gfc_dim": c.gfc_dim})
         private = not math.isinf(ctx.epsilon)
         privacy = PrivacyReport(
             out["epsilon"], ctx.delta, "example",
@@ -261,11 +252,6 @@ class PATEGAN(Defense):
              "batch_size": c.batch_size, "target_epsilon": ctx.epsilon, "partition": c.partition,
              "members": len(task.members),
              "neighbouring": "add/remove one member (changes one teacher's shard: one vote per query)"},
-            "student epoch chosen on held-out synthetic samples (post-processing of the DP generator: inside the "
-            "epsilon); fixed GAN settings, last iterate of the generator")
-        info = {"history": {"student": hist, "generator": out["history"]}, "selected_by": "synthetic_val_acc",
-                "selected_epoch": hist["selected_epoch"], "n_synthetic": c.n_synthetic, "generator_seconds": t_gen,
-                "shard_capacity": out["shard_capacity"],
-                "real_val_curve_note": "accuracy on task.val per student epoch: diagnostic, never used for selection"}
-        return Release({"model": student.cpu().eval(), "generator": G.cpu().eval()},
-                       {"model": sspec, "generator": gspec}, privacy, info)
+            f"{STUDENT_SELECTION}; fixed GAN settings, last iterate of the generator")
+        return generator_release(ctx, out["generator"], c, privacy, generator_history=out["history"],
+                                 info={"generator_seconds": t_gen, "shard_capacity": out["shard_capacity"]})

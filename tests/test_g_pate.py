@@ -20,8 +20,12 @@ import defenses.g_pate as gp
 from bench.core.config import make_config
 from bench.core.errors import BenchError
 from bench.lib.accounting import gaussian_rdp_epsilon, max_gaussian_compositions
-from bench.lib.synthetic.aggregation import (back_project, confident_gnmax, confident_gnmax_noise_multiplier,
-                                             projected_bin_votes)
+from bench.lib.synthetic.aggregation import (
+    back_project,
+    confident_gnmax,
+    confident_gnmax_noise_multiplier,
+    projected_bin_votes,
+)
 from defenses.g_pate import GPATE, GPATEConfig, train_g_pate
 
 TINY = {"teachers": 20, "sigma": 30.0, "sigma_thresh": 60.0, "z_dim": 8, "gf_dim": 8, "gfc_dim": 32,

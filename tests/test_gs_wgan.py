@@ -18,9 +18,14 @@ from test_dpsd import synthetic_task
 
 from bench.core.config import make_config
 from bench.core.errors import BenchError
-from bench.lib.accounting import (calibrate_shard_selected_gaussian, gaussian_epsilon, max_shard_selected_rounds,
-                                  poisson_gaussian_epsilon, shard_selected_gaussian_delta,
-                                  shard_selected_gaussian_epsilon)
+from bench.lib.accounting import (
+    calibrate_shard_selected_gaussian,
+    gaussian_epsilon,
+    max_shard_selected_rounds,
+    poisson_gaussian_epsilon,
+    shard_selected_gaussian_delta,
+    shard_selected_gaussian_epsilon,
+)
 from bench.lib.synthetic.gan import CondDCGANGenerator, CondDiscriminator
 from defenses.gs_wgan import GSWGAN, GSWGANConfig, published_accounting_epsilon, sanitize, train_gs_wgan
 
