@@ -8,6 +8,9 @@
   ``reports/published.yaml`` in their own columns, each with its source and caveat.
 * ``membership``: per (dataset, defense, epsilon, attack) of kind membership or generator: AUC,
   TPR at 0.1 % / 1 % FPR (%), balanced accuracy, empirical epsilon lower bound.
+* ``generator``: per (dataset, defense, epsilon) with a generator attack: the student's test
+  accuracy, each generator attack's AUC and privacy loss (P - 0.5) / 0.5, and the utility matrix
+  p1..p4 with p1 - p2 (the generator table of the DP-generator papers and the course slides).
 * ``inversion``: per (dataset, defense, epsilon, attack) of kind inversion: the judge's top-1 /
   top-2 accuracy over the private classes, top-5 over all classes, the attacker's selected top-1,
   KNN distance, FID, LPIPS (see ``bench/lib/inversion``).
@@ -49,6 +52,10 @@ _HIDDEN_SUFFIXES = ("_ci_lo", "_ci_hi", "n_members", "n_nonmembers", "_seconds",
 #: the attack kinds each attack table shows (generator attacks where they report membership metrics)
 MEMBERSHIP_KINDS = ("membership", "generator")
 INVERSION_KINDS = ("inversion",)
+GENERATOR_KINDS = ("generator",)
+#: the generator table's metrics of each generator attack, in column order (label, in %)
+GENERATOR_METRICS = (("auc", "AUC", False), ("privacy_loss", "privacy loss", False), ("p1", "p1", False),
+                     ("p2", "p2", False), ("p3", "p3", False), ("p4", "p4", False), ("p1_minus_p2", "p1 − p2", False))
 
 
 def _eps_label(group: pd.DataFrame) -> str:
@@ -339,8 +346,49 @@ def inversion_table(df: pd.DataFrame) -> Table:
         "more leakage. — = not computed."])
 
 
+def generator_table(df: pd.DataFrame) -> Table:
+    """Rows = (dataset, defense, epsilon) of the cells a generator attack ran on: seeds, the
+    student's test accuracy, then per generator attack (suite order) whichever of
+    :data:`GENERATOR_METRICS` it reported; mean ± std over seeds."""
+    attacks = attacks_of_kind(df, GENERATOR_KINDS)
+    wanted = [m for m, _, _ in GENERATOR_METRICS]
+    sub = df[df.source.isin(attacks) & df.metric.isin(wanted)]
+    columns = [(a, m, label) for a in attacks for m, label, _ in GENERATOR_METRICS
+               if len(sub[(sub.source == a) & (sub.metric == m)])]
+    order = {d: i for i, d in enumerate(_defense_order(df))}
+    keys = sorted({(d, f, e) for d, f, e in zip(sub.dataset, sub.defense, sub.epsilon)},
+                  key=lambda k: (k[0], order[k[1]], _eps_num(k[2])))
+    disp_rows, data_rows = [], []
+    for ds, dfn, eps in keys:
+        g = df[(df.dataset == ds) & (df.defense == dfn) & (df.epsilon == eps)]
+        drow = {"dataset": ds, "defense": dfn, "ε": _eps_text(eps), "unit": g["unit"].iloc[0],
+                "seeds": int(g[g.source.isin(attacks)]["seed"].nunique())}
+        cols = [("utility", "test_acc", "test acc (%)", True)] + [(a, m, f"{a}: {label}", False)
+                                                                 for a, m, label in columns]
+        for source, metric, label, pct in cols:
+            m, sd, n = _mean_std(g[(g.source == source) & (g.metric == metric)]["value"])
+            drow[label] = "—" if n == 0 else (_cell(m, sd, pct, 2 if pct else 3) if n != 1
+                                              else f"{(100 if pct else 1) * m:.{2 if pct else 3}f}")
+            if n:
+                data_rows.append({"dataset": ds, "defense": dfn, "epsilon": eps, "unit": drow["unit"],
+                                  "source": source, "metric": metric, "mean": m, "std": sd, "count": n})
+        disp_rows.append(drow)
+    return Table("generator", "Released generators: membership leakage and utility", pd.DataFrame(disp_rows),
+                 pd.DataFrame(data_rows), [
+        "Mean ± std over seeds (one seed: the value). AUC 0.5 = chance; privacy loss = (P − 0.5) / 0.5 with P the "
+        "attacker's held-out balanced accuracy (0 = chance, 1 = perfect; slightly negative by chance); the AUC "
+        "intervals and ε̂ of each attack are in membership.md.",
+        "Utility matrix (gen-utility): p1 = train real, test real; p2 = train synthetic, test real; p3 = train "
+        "real, test synthetic; p4 = train synthetic, test synthetic. A small p1 − p2 means the synthetic data "
+        "replace the real data well.",
+        "Rows of different units (example, client, metric, query) are not comparable at equal ε; ∞ = not private "
+        "(the leaky reference rows)."])
+
+
 def paper_tables(df: pd.DataFrame, published: str | Path | None = None) -> list[Table]:
-    """The accuracy table, and the membership / inversion tables only where such an attack ran."""
-    return [accuracy_table(df, published)] + [t for t in (membership_table(df), inversion_table(df)) if len(t.display)]
+    """The accuracy table, and the membership / generator / inversion tables only where such an
+    attack ran."""
+    return [accuracy_table(df, published)] + [t for t in (membership_table(df), generator_table(df),
+                                                          inversion_table(df)) if len(t.display)]
 
 

@@ -235,3 +235,33 @@ def test_declared_metrics_cover_the_committed_reference_runs():
     for a in attacks:
         missing = set(raw.loc[raw.source == a, "metric"]) - set(registry.get_attack(a).metrics)
         assert not missing, (a, sorted(missing))
+
+
+def test_generator_table_shows_privacy_loss_and_the_utility_matrix(tmp_path):
+    """The generator table (issue 21): one row per (dataset, defense, ε) with the student's
+    accuracy, each generator attack's AUC and privacy loss and the utility matrix with p1 − p2,
+    mean ± std over seeds; membership attacks stay out of it, and a run without a generator
+    attack has no generator table."""
+    from reports.frame import load_frame
+    from reports.tables import generator_table, paper_tables
+
+    run = write_run(tmp_path / "run", {
+        "gen-distance": ("gen-distance", "generator", [("auc", 0.60), ("privacy_loss", 0.20)]),
+        "gen-utility": ("gen-utility", "generator", [("p1", 0.9), ("p2", 0.5), ("p3", 0.7), ("p4", 0.95),
+                                                      ("p1_minus_p2", 0.4)]),
+        "loss-threshold": ("loss-threshold", "membership", [("auc", 0.55)])})
+    t = generator_table(load_frame(run))
+    d = t.display.set_index("defense")
+    assert list(d.index) == ["none", "dpsgd"] and set(d["seeds"]) == {2}
+    assert d.loc["none", "gen-distance: AUC"] == "0.605 ± 0.007"   # 0.60 and 0.61 over the two seeds
+    assert d.loc["dpsgd", "gen-distance: privacy loss"] == "0.205 ± 0.007"
+    assert d.loc["none", "gen-utility: p1 − p2"] == "0.405 ± 0.007"
+    assert d.loc["none", "test acc (%)"] == "94.50 ± 0.71"
+    assert not [c for c in d.columns if c.startswith("loss-threshold")]
+    assert "gen-utility: AUC" not in d.columns and "gen-distance: p1" not in d.columns
+    row = t.data[(t.data.defense == "dpsgd") & (t.data.metric == "p1_minus_p2")].iloc[0]
+    assert row["count"] == 2 and abs(row["mean"] - 0.405) < 1e-9
+    assert "generator" in [x.name for x in paper_tables(load_frame(run))]
+
+    plain = write_run(tmp_path / "plain", {"loss-threshold": ("loss-threshold", "membership", [("auc", 0.55)])})
+    assert "generator" not in [x.name for x in paper_tables(load_frame(plain))]
