@@ -64,15 +64,14 @@ from bench.lib.accounting import calibrate_gaussian_scale, gaussian_rdp_epsilon,
 from bench.lib.datasets.base import dataset_info
 from bench.lib.models import Classifier, _flat_dim, register_arch
 from bench.lib.synthetic import row_universe
-from bench.lib.synthetic import train_synthetic_student as synthetic_student
 from bench.lib.synthetic.aggregation import query_noise_multiplier, topagg
-from bench.lib.synthetic.gan import CondDCGANGenerator, generate
+from bench.lib.synthetic.gan import CondDCGANGenerator
 from bench.lib.synthetic.partition import padded_shards
 from bench.lib.synthetic.release import (
     REAL_VAL_NOTE,
     STUDENT_SELECTION,
     generator_release,
-    student_synthetic_seed,
+    generator_student,
 )
 from bench.lib.synthetic.teachers import ConvTeacherEnsemble, LinearTeacherEnsemble, TeacherEnsemble
 from bench.lib.tasks import Split
@@ -343,15 +342,6 @@ def train_generator(members: Split, num_classes: int, c: DataLensConfig, *, epsi
             "noise_multiplier": z_mult, "epsilon": spent, "history": hist, "shard_capacity": M}
 
 
-def train_synthetic_student(task, synth: Split, c: DataLensConfig, seed: int, device, progress=lambda it, **k: it,
-                            curves: Optional[dict] = None) -> tuple[nn.Module, dict, dict]:
-    """The student on the synthetic set (epoch selected on its seeded synthetic holdout); returns
-    (student, its spec, history). ``curves`` are diagnostic accuracy curves (never selection)."""
-    return synthetic_student(task, synth, arch=c.student_arch, epochs=c.student_epochs, lr=c.student_lr,
-                             batch_size=c.student_batch_size, optimizer=c.student_optimizer,
-                             val_frac=c.synthetic_val_frac, seed=seed, device=device, progress=progress, curves=curves)
-
-
 @register_defense("datalens")
 class DataLens(Defense):
     """DataLens: 4000 teacher discriminators, TopAgg (top-k, stochastic sign, Gaussian noise,
@@ -401,8 +391,8 @@ def paper_protocol_accuracy(release: Release, task, config: Optional[dict] = Non
 
     c = make_config(DataLensConfig, config or {}, "defenses.datalens")
     c.student_epochs = max(c.student_epochs, int(epochs))
-    synth = generate(release.modules["generator"].cpu(), c.n_synthetic, student_synthetic_seed(seed))
-    _, _, hist = train_synthetic_student(task, synth, c, seed, device, curves={"test": task.test})
+    _, _, hist = generator_student(task, release.modules["generator"].cpu(), c, seed=seed, device=device,
+                                   curves={"test": task.test})
     return {"test_acc_max_over_epochs": float(max(hist["test_acc"])),
             "test_acc_synthetic_val_selected": float(hist["test_acc"][hist["selected_epoch"]]),
             "test_acc_per_epoch": hist["test_acc"]}
