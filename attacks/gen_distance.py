@@ -34,11 +34,9 @@ import numpy as np
 
 from bench.api import Attack, AttackResult, BenchError, register_attack
 from bench.lib.generators import (
-    balanced_accuracy,
-    best_threshold,
     generator_of,
-    halves,
     knn_distances,
+    privacy_loss_2fold,
     sample_synthetic,
     skipped,
     synthetic_seed,
@@ -61,18 +59,6 @@ class GenDistanceConfig:
             raise BenchError("gen-distance: n_synthetic must be >= 1")
         if self.n_eval < 2:
             raise BenchError("gen-distance: n_eval must be >= 2")
-
-
-def privacy_loss_2fold(scores: np.ndarray, labels: np.ndarray, seed: int) -> dict[str, float]:
-    """P = mean held-out balanced accuracy of the threshold chosen on the other half (2-fold),
-    and privacy_loss = (P - 0.5) / 0.5 (see the module docstring)."""
-    a, b = halves(labels, seed)
-    accs = []
-    for fit, ev in ((a, b), (b, a)):
-        t = best_threshold(scores[fit], labels[fit])
-        accs.append(balanced_accuracy(scores[ev] >= t, labels[ev]))
-    p = float(np.mean(accs))
-    return {"heldout_balanced_acc": p, "privacy_loss": (p - 0.5) / 0.5}
 
 
 @register_attack("gen-distance")

@@ -14,11 +14,11 @@ import yaml
 from torch import nn
 
 from attacks.gen_classifier import GenClassifier
-from attacks.gen_distance import GenDistance, privacy_loss_2fold
+from attacks.gen_distance import GenDistance
 from attacks.gen_utility import GenUtility
 from bench.core.api import PrivacyReport, Release
 from bench.core.config import make_config
-from bench.lib.generators import best_threshold, halves, knn_distances, sample_synthetic
+from bench.lib.generators import best_threshold, halves, knn_distances, privacy_loss_2fold, sample_synthetic
 from bench.lib.models import build_model, spec_for
 from bench.lib.tasks import build_task
 from bench.lib.train import fit_classifier

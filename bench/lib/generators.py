@@ -1,5 +1,5 @@
 """Shared helpers of the attacks on released generators (``gen-distance``, ``gen-classifier``,
-``gen-utility``).
+``gen-utility``, ``gen-reconstruction``).
 
 A release carries a generator when ``release.modules`` has a ``"generator"`` entry (DPSD, DPDFD,
 DataLens and the VAE-metric defense release one). Generators expose ``sample(n, generator=...)``
@@ -11,6 +11,8 @@ error: the attack returns an :class:`AttackResult` with no metrics and the reaso
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
@@ -101,3 +103,68 @@ def best_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
 
 def synthetic_seed(cell_seed: int, sample_seed: int) -> int:
     return int(cell_seed) * 1_000_003 + 7919 * int(sample_seed) + 17
+
+
+def privacy_loss_2fold(scores: np.ndarray, labels: np.ndarray, seed: int) -> dict[str, float]:
+    """P = mean held-out balanced accuracy of the threshold chosen on the other half (2-fold
+    over :func:`halves`), and privacy_loss = (P - 0.5) / 0.5: no membership label of an example
+    is used to pick the threshold applied to it."""
+    a, b = halves(labels, seed)
+    accs = []
+    for fit, ev in ((a, b), (b, a)):
+        t = best_threshold(scores[fit], labels[fit])
+        accs.append(balanced_accuracy(scores[ev] >= t, labels[ev]))
+    p = float(np.mean(accs))
+    return {"heldout_balanced_acc": p, "privacy_loss": (p - 0.5) / 0.5}
+
+
+# --------------------------------------------------------------------------------------------
+# white-box access: the generator as a differentiable map from its latent space
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class LatentDecoder:
+    """A released generator seen as a differentiable map from its latent prior to images.
+
+    ``prior`` is ``"uniform"`` (z in [-1, 1]^dim) or ``"normal"`` (z ~ N(0, I_dim));
+    ``decode(z, y)`` returns images in [0, 1] with gradients (``y`` the integer labels of a
+    conditional generator, ignored otherwise), exactly what ``sample`` returns for the same z
+    and y (the generator in eval mode)."""
+
+    dim: int
+    prior: str
+    conditional: bool
+    decode: Callable[[torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
+    kind: str
+
+
+def latent_decoder(generator: torch.nn.Module) -> Optional[LatentDecoder]:
+    """The white-box view of a released generator, or None for a generator whose latent
+    interface is not known (an attack then skips it with the reason).
+
+    Known: the family's conditional DCGAN generator (``bench.lib.synthetic.gan``: DataLens,
+    DP-GAN, PATE-GAN, G-PATE, GS-WGAN, DP-FedAvg-GAN; z ~ U(-1, 1), ``forward(z, y)``, then the
+    output blur / contrast its ``sample`` applies), and an unconditional generator with a
+    ``latent_dim`` whose ``sample`` decodes z ~ N(0, I) with ``forward(z)`` (the DAFL generator of
+    DPSD / DPDFD, the VAE-metric decoder). ``tests/test_generator_attacks.py`` checks that
+    ``decode`` reproduces ``sample`` for each."""
+    from bench.lib.synthetic.gan import CondDCGANGenerator  # imported here: keeps the CLI start-up torch-only
+
+    g = generator
+    if isinstance(g, CondDCGANGenerator):
+        def decode(z, y):
+            x = g(z, y)
+            if g.output_blur > 0 or g.output_contrast == "autocontrast":
+                from torchvision.transforms.v2.functional import autocontrast, gaussian_blur
+
+                if g.output_blur > 0:
+                    x = gaussian_blur(x, [3, 3], [g.output_blur, g.output_blur])
+                if g.output_contrast == "autocontrast":
+                    x = autocontrast(x)
+            return x
+
+        return LatentDecoder(int(g.z_dim), "uniform", True, decode, type(g).__name__)
+    dim = getattr(g, "latent_dim", None)
+    if isinstance(dim, int) and dim > 0 and hasattr(g, "sample"):
+        return LatentDecoder(dim, "normal", False, lambda z, y=None: g(z), type(g).__name__)
+    return None
