@@ -13,6 +13,9 @@ own rule (threshold = mean training loss) is reported too, as ``yeom_acc``, comp
 mean loss over the evaluated members (the attacker's knowledge in the paper's setting). Like every
 membership attack it reports through ``bench.lib.membership.references.summarize``: bootstrap intervals and the
 empirical epsilon lower bound ``eps_lb`` (Clopper-Pearson, ``bench.lib.audit.bounds.eps_lower_bound``).
+On a release that records a client partition (FedAvg, DP-FedAvg, DENSE, DP-FedAvg-GAN) it adds the
+per-client view (``bench.lib.membership.clients``: each client's AUC against class-matched
+non-members and a permutation test of the most exposed client).
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from bench.api import Attack, AttackResult, register_attack
-from bench.lib.membership.references import SUMMARY_METRICS, balanced_eval_sets, summarize
+from bench.lib.membership.clients import CLIENT_VIEW_METRICS
+from bench.lib.membership.references import SUMMARY_METRICS, balanced_eval_sets, eval_split, summarize
 from bench.lib.train import loss_from_log_odds, per_example_log_odds
 
 
@@ -42,7 +46,7 @@ class LossThreshold(Attack):
     Config = LossThresholdConfig
     kind = "membership"
     metrics = (*SUMMARY_METRICS,
-               "yeom_acc")
+               "yeom_acc", *CLIENT_VIEW_METRICS)
     summary = ("auc", "tpr_at_1%fpr")
     paper = "Yeom, Giacomelli, Fredrikson, Jha: Privacy Risk in Machine Learning, CSF 2018"
 
@@ -57,6 +61,6 @@ class LossThreshold(Attack):
         tau = float(lm.mean())
         yeom = 0.5 * (float((lm <= tau).mean()) + float((ln > tau).mean()))
         return summarize(ctx, release, scores, labels, n_boot=self.config.n_boot, refs=None, started=t0,
-                         extra_metrics={"yeom_acc": yeom},
+                         extra_metrics={"yeom_acc": yeom}, evaluated=eval_split(members, nonmembers)[0],
                          info={"threshold_rule": "mean member loss",
                                "score": "true-class log-odds (float64), increasing in minus the loss"})

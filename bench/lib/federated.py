@@ -115,7 +115,50 @@ def split_members(members: Split, num_classes: int, n_clients: int, scheme: str 
     rows = members.index if members.index is not None else np.arange(len(members))
     labels = members.y.numpy()
     parts = client_partition(rows, labels, n_clients, scheme, alpha, seed)
-    return [members.subset(p) for p in parts], partition_summary(parts, rows, labels, num_classes)
+    summary = partition_summary(parts, rows, labels, num_classes)
+    # how to recompute the assignment from the task (checked against the fingerprint on use)
+    summary["spec"] = {"clients": int(n_clients), "scheme": scheme,
+                       "alpha": float(alpha) if scheme == "dirichlet" else None, "seed": int(seed)}
+    return [members.subset(p) for p in parts], summary
+
+
+def find_partition(info) -> Optional[dict]:
+    """The first client-partition summary (from :func:`split_members`: has ``spec`` and
+    ``fingerprint``) found anywhere in a release's info, depth first; None if there is none."""
+    if isinstance(info, dict):
+        if isinstance(info.get("spec"), dict) and "fingerprint" in info and "clients" in info["spec"]:
+            return info
+        for v in info.values():
+            found = find_partition(v)
+            if found is not None:
+                return found
+    elif isinstance(info, (list, tuple)):
+        for v in info:
+            found = find_partition(v)
+            if found is not None:
+                return found
+    return None
+
+
+def client_of_members(members: Split, summary: dict) -> Optional[np.ndarray]:
+    """Each member's client (an int array aligned with ``members``), recomputed from the
+    summary's ``spec`` on these members; None when the recomputed split's fingerprint is not the
+    summary's (the release was cut from other members or by other code), so a view built on it
+    can never silently use the wrong assignment."""
+    spec = summary.get("spec") or {}
+    rows = members.index if members.index is not None else np.arange(len(members))
+    labels = members.y.numpy()
+    try:
+        parts = client_partition(rows, labels, spec["clients"], spec["scheme"],
+                                 spec["alpha"] if spec.get("alpha") is not None else 0.5, spec["seed"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if partition_summary(parts, rows, labels, 1 + int(labels.max()))["fingerprint"] != summary.get("fingerprint"):
+        return None
+    out = np.full(len(members), -1, dtype=np.int64)
+    for i, p in enumerate(parts):
+        out[p] = i
+    return out
 
 
 @dataclass

@@ -223,8 +223,14 @@ SUMMARY_METRICS = ("auc", "tpr_at_0.1%fpr", "tpr_at_1%fpr", "balanced_acc", "adv
 
 def summarize(ctx, release, scores: np.ndarray, labels: np.ndarray, *, n_boot: int, refs: ReferenceSet | None,
               started: float, extra_metrics: dict | None = None, extra_arrays: dict | None = None,
-              info: dict | None = None):
-    """Metrics (point estimates, bootstrap CIs, eps lower bounds, cost) and arrays of one attack."""
+              info: dict | None = None, evaluated: Split | None = None):
+    """Metrics (point estimates, bootstrap CIs, eps lower bounds, cost) and arrays of one attack.
+
+    ``evaluated`` (the evaluated split in score order, with its dataset rows) turns on the
+    per-client view (``bench.lib.membership.clients``) when the release records a client
+    partition: ``client_auc_max`` / ``client_auc_min`` / ``client_auc_max_p`` / ``clients_scored``
+    / ``client_members_min`` metrics, ``client_auc`` / ``client_members`` arrays, and
+    ``info["client_view"]``."""
     from bench.core.api import AttackResult
     from bench.lib.membership.stats import membership_summary
 
@@ -241,6 +247,15 @@ def summarize(ctx, release, scores: np.ndarray, labels: np.ndarray, *, n_boot: i
         arrays.update(refs.arrays())
     arrays.update(extra_arrays or {})
     info = dict(info or {})
+    if evaluated is not None:
+        from bench.lib.membership.clients import client_view
+
+        view = client_view(ctx.task, getattr(release, "info", {}) or {}, evaluated, scores, labels, seed=ctx.seed)
+        if view is not None:
+            view_metrics, view_arrays, view_info = view
+            metrics.update(view_metrics)
+            arrays.update(view_arrays)
+            info["client_view"] = view_info
     if refs is not None:
         info.setdefault("references", {"n": len(refs), "tags": refs.tags, "defense": ctx.defense,
                                        "epsilon": None if np.isinf(ctx.epsilon) else ctx.epsilon,
