@@ -58,6 +58,26 @@ def test_client_auc_is_sklearns_weighted_auc_with_ties():
         y = np.r_[np.ones(mem.sum()), np.zeros(non.sum())]
         ref = roc_auc_score(y, np.r_[scores[mem], scores[non]], sample_weight=w)
         assert arrays["client_auc"][c] == pytest.approx(ref, abs=1e-12)
+    m, _, _ = per_client_view(scores, labels, classes, client, C, min_members=1, permutations=0)
+    mem, non = labels == 1, labels == 0
+    share = np.bincount(classes[mem], minlength=5) / mem.sum()
+    nm_share = np.bincount(classes[non], minlength=5) / non.sum()
+    w = np.where(mem, 1.0, share[classes] / nm_share[classes])
+    assert m["auc_class_matched"] == pytest.approx(roc_auc_score(labels, scores, sample_weight=w), abs=1e-12)
+
+
+def test_class_mix_difference_alone_moves_the_pooled_auc_not_the_class_matched_one():
+    # no membership signal at all; the score depends on the class; members over-represent class 0
+    rng = np.random.default_rng(5)
+    cls_m = np.where(rng.random(2000) < 0.4, 0, rng.integers(1, 5, 2000))
+    cls_n = rng.integers(0, 5, 2000)
+    ease = np.array([2.0, 0.0, 0.0, 0.0, 0.0])
+    scores = np.r_[ease[cls_m] + rng.normal(size=2000), ease[cls_n] + rng.normal(size=2000)]
+    labels = np.r_[np.ones(2000), np.zeros(2000)].astype(int)
+    m, _, _ = per_client_view(scores, labels, np.r_[cls_m, cls_n], np.r_[np.zeros(2000, int), -np.ones(2000, int)],
+                              1, permutations=0)
+    assert roc_auc_score(labels, scores) > 0.55
+    assert abs(m["auc_class_matched"] - 0.5) < 0.03
 
 
 def test_label_skew_alone_is_not_flagged():

@@ -11,7 +11,11 @@ share_nonmembers(y) the AUC of client c is
     F_k(s) = (#{non-members of class k scoring < s} + #{... = s} / 2) / #{non-members of class k},
 
 which is sklearn's ``roc_auc_score`` with those sample weights (ties count one half; checked in
-``tests/test_client_view.py``). Members of a class no non-member has are left out.
+``tests/test_client_view.py``). Members of a class no non-member has are left out. ``auc_class_matched`` is the same statistic
+for all evaluated members together: the attack's AUC once the members' and non-members' class
+mixes are made equal. A pooled AUC above it is (in part) the two samples' class mixes differing,
+which a class-dependent score turns into an apparent signal (measured on an under-trained FedAvg
+model, docs/methods/membership.md).
 
 "Client 3 leaks most" is a maximum over clients and is biased upwards even when no client is
 special, so the view also tests it: the client labels are permuted among the evaluated members
@@ -27,8 +31,8 @@ from __future__ import annotations
 import numpy as np
 
 #: the metrics the view adds to an attack's result (only on a partitioned release)
-CLIENT_VIEW_METRICS = ("clients_scored", "client_auc_max", "client_auc_min", "client_auc_max_p",
-                       "client_members_min")
+CLIENT_VIEW_METRICS = ("auc_class_matched", "clients_scored", "client_auc_max", "client_auc_min",
+                       "client_auc_max_p", "client_members_min")
 
 
 def class_cdf_matrix(member_scores: np.ndarray, nonmember_scores: np.ndarray, nonmember_classes: np.ndarray,
@@ -75,7 +79,10 @@ def per_client_view(scores: np.ndarray, labels: np.ndarray, classes: np.ndarray,
         return tot / np.maximum(n_c, 1)
 
     auc = np.where(scored, aucs(m_cli), np.nan)
-    metrics: dict[str, float] = {"clients_scored": float(scored.sum())}
+    # all members as one client: the pooled AUC with the non-members reweighted to the members' mix
+    pooled_share = counts.sum(0) / max(counts.sum(), 1.0)
+    metrics: dict[str, float] = {"auc_class_matched": float((G @ pooled_share).mean()) if len(G) else float("nan"),
+                                 "clients_scored": float(scored.sum())}
     info = {"clients": int(n_clients), "min_members": int(min_members), "permutations": int(permutations),
             "weights": "non-members reweighted to each client's class mix",
             "test": "max over scored clients, client labels permuted within classes"}
