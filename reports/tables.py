@@ -385,10 +385,67 @@ def generator_table(df: pd.DataFrame) -> Table:
         "(the leaky reference rows)."])
 
 
+#: the per-client view's columns (bench.lib.membership.clients), in order
+CLIENT_COLUMNS = (("auc", "AUC"), ("auc_class_matched", "AUC, class-matched"), ("client_auc_min", "client AUC min"),
+                  ("client_auc_max", "client AUC max"), ("client_auc_max_p", "p (max)"),
+                  ("clients_scored", "clients scored"), ("client_members_min", "smallest client (evaluated)"))
+
+
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm's step-down adjustment (family-wise error), in the input order."""
+    m = len(pvalues)
+    order = sorted(range(m), key=lambda i: pvalues[i])
+    out, running = [0.0] * m, 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * pvalues[i]))
+        out[i] = running
+    return out
+
+
+def client_table(df: pd.DataFrame) -> Table:
+    """One row per (dataset, defense, epsilon, attack, seed) where an attack reported the
+    per-client view: the pooled and class-matched AUC, the range of the clients' AUCs, the
+    permutation p-value of the most exposed client and its Holm adjustment over all rows."""
+    sub = df[df.metric == "client_auc_max_p"]
+    order = {d: i for i, d in enumerate(_defense_order(df))}
+    keys = sorted({(d, f, e, a, int(s)) for d, f, e, a, s in zip(sub.dataset, sub.defense, sub.epsilon, sub.source,
+                                                                  sub.seed)},
+                  key=lambda k: (k[0], order[k[1]], _eps_num(k[2]), k[3], k[4]))
+    disp_rows, data_rows, ps = [], [], []
+    for ds, dfn, eps, att, seed in keys:
+        g = df[(df.dataset == ds) & (df.defense == dfn) & (df.epsilon == eps) & (df.seed == seed)]
+        drow = {"dataset": ds, "defense": dfn, "ε": _eps_text(eps), "unit": g["unit"].iloc[0], "attack": att,
+                "seed": seed}
+        acc = g[(g.source == "utility") & (g.metric == "test_acc")]["value"]
+        drow["test acc (%)"] = f"{100 * float(acc.iloc[0]):.2f}" if len(acc) else "—"
+        for metric, label in CLIENT_COLUMNS:
+            v = g[(g.source == att) & (g.metric == metric)]["value"]
+            if not len(v):
+                drow[label] = "—"
+                continue
+            x = float(v.iloc[0])
+            drow[label] = f"{int(x)}" if metric in ("clients_scored", "client_members_min") else f"{x:.3f}"
+            data_rows.append({"dataset": ds, "defense": dfn, "epsilon": eps, "unit": drow["unit"], "source": att,
+                              "seed": seed, "metric": metric, "value": x})
+        ps.append(float(g[(g.source == att) & (g.metric == "client_auc_max_p")]["value"].iloc[0]))
+        disp_rows.append(drow)
+    for drow, p_adj in zip(disp_rows, holm(ps)):
+        drow["p (max), Holm over the rows"] = f"{p_adj:.3f}"
+    return Table("clients", "Per-client membership view", pd.DataFrame(disp_rows), pd.DataFrame(data_rows), [
+        "One row per seed. Client AUC: the client's evaluated members against all evaluated non-members "
+        "reweighted to the client's class mix; AUC, class-matched: all members against non-members reweighted "
+        "to the members' class mix (a pooled AUC above it is partly the two samples' class mixes differing).",
+        "p (max): permutation test of the most exposed client (client labels permuted within classes, 1 000 "
+        "permutations); a small p says that client's members are more exposed than their class mix explains. "
+        "The Holm column adjusts the p-values over all rows of this table (family-wise error).",
+        "Clients with fewer than 10 evaluated members get no AUC (clients scored); rows of different units are "
+        "not comparable at equal ε."])
+
+
 def paper_tables(df: pd.DataFrame, published: str | Path | None = None) -> list[Table]:
     """The accuracy table, and the membership / generator / inversion tables only where such an
     attack ran."""
     return [accuracy_table(df, published)] + [t for t in (membership_table(df), generator_table(df),
-                                                          inversion_table(df)) if len(t.display)]
+                                                          client_table(df), inversion_table(df)) if len(t.display)]
 
 

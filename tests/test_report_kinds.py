@@ -265,3 +265,27 @@ def test_generator_table_shows_privacy_loss_and_the_utility_matrix(tmp_path):
 
     plain = write_run(tmp_path / "plain", {"loss-threshold": ("loss-threshold", "membership", [("auc", 0.55)])})
     assert "generator" not in [x.name for x in paper_tables(load_frame(plain))]
+
+
+def test_client_table_one_row_per_seed_with_holm_over_the_rows(tmp_path):
+    """The per-client view table (issue 17): one row per (cell, attack) that reported the view,
+    the pooled and class-matched AUC, the clients' AUC range and the permutation p-value with its
+    Holm adjustment over the table's rows; no table without the view."""
+    from reports.frame import load_frame
+    from reports.tables import client_table, holm, paper_tables
+
+    view = [("auc", 0.55), ("auc_class_matched", 0.52), ("client_auc_min", 0.45), ("client_auc_max", 0.60),
+            ("client_auc_max_p", 0.01), ("clients_scored", 10.0), ("client_members_min", 24.0)]
+    run = write_run(tmp_path / "run", {"loss-threshold": ("loss-threshold", "membership", view)})
+    t = client_table(load_frame(run))
+    d = t.display
+    assert len(d) == 4 and list(d["seed"]) == [0, 1, 0, 1] and list(d["defense"]) == ["none", "none", "dpsgd", "dpsgd"]
+    assert list(d["client AUC max"]) == ["0.600", "0.610", "0.600", "0.610"]
+    assert list(d["AUC, class-matched"])[1] == "0.530" and list(d["clients scored"])[0] == "10"
+    # p = 0.01 (seed 0) and 0.02 (seed 1), twice: Holm over 4 rows gives 0.04, 0.04, 0.04, 0.04
+    assert list(d["p (max), Holm over the rows"]) == ["0.040", "0.040", "0.040", "0.040"]
+    assert holm([0.01, 0.04, 0.03]) == [0.03, 0.06, 0.06]
+    assert holm([0.5, 0.2]) == [0.5, 0.4]
+    assert "clients" in [x.name for x in paper_tables(load_frame(run))]
+    plain = write_run(tmp_path / "plain", {"loss-threshold": ("loss-threshold", "membership", [("auc", 0.55)])})
+    assert "clients" not in [x.name for x in paper_tables(load_frame(plain))]
