@@ -128,12 +128,17 @@ class GenReconstruction(Attack):
         members, nonmembers = balanced_eval_sets(ctx.task, c.n_eval, ctx.seed)
         ev, labels = eval_split(members, nonmembers)
         g.eval()
-        for p in g.parameters():
+        flags = [p.requires_grad for p in g.parameters()]
+        for p in g.parameters():  # gradients w.r.t. the latent only; the release is left as it was
             p.requires_grad_(False)
-        err = reconstruct(dec, ev.x, ev.y, restarts=c.restarts, steps=c.steps, lr=c.lr,
-                          latent_penalty=c.latent_penalty, batch_size=c.batch_size,
-                          seed=int(ctx.seed) * 7_919 + 101 * int(c.init_seed) + 3, device=ctx.device,
-                          progress=ctx.progress)
+        try:
+            err = reconstruct(dec, ev.x, ev.y, restarts=c.restarts, steps=c.steps, lr=c.lr,
+                              latent_penalty=c.latent_penalty, batch_size=c.batch_size,
+                              seed=int(ctx.seed) * 7_919 + 101 * int(c.init_seed) + 3, device=ctx.device,
+                              progress=ctx.progress)
+        finally:
+            for p, f in zip(g.parameters(), flags):
+                p.requires_grad_(f)
         scores = -err
         extra = privacy_loss_2fold(scores, labels, ctx.seed)
         extra["mean_error_members"] = float(err[labels == 1].mean())
