@@ -43,6 +43,7 @@ from bench.lib.generators import (
     skipped,
     synthetic_seed,
 )
+from bench.lib.membership.clients import CLIENT_VIEW_METRICS
 from bench.lib.membership.references import SUMMARY_METRICS, balanced_eval_sets, eval_split, summarize
 
 
@@ -110,7 +111,7 @@ class GenClassifier(Attack):
     Config = GenClassifierConfig
     kind = "generator"
     metrics = (*SUMMARY_METRICS,
-               "heldout_balanced_acc", "privacy_loss", "n_synthetic", "k")
+               "heldout_balanced_acc", "privacy_loss", "n_synthetic", "k", *CLIENT_VIEW_METRICS)
     summary = ()
     paper = "project protocol (attacker classifier, privacy loss = (P - 0.5)/0.5); features after GAN-Leaks, CCS 2020"
 
@@ -129,5 +130,5 @@ class GenClassifier(Attack):
                  "k": float(d.shape[1])}
         info = {"features": f"{d.shape[1]} nearest synthetic distances and their logs",
                 "attack_model": c.attack_model, "protocol": "2-fold cross-fitting over stratified halves"}
-        return summarize(ctx, release, scores, labels, n_boot=c.n_boot, refs=None, started=t0,
+        return summarize(ctx, release, scores, labels, n_boot=c.n_boot, evaluated=ev, refs=None, started=t0,
                          extra_metrics=extra, extra_arrays={"eval_rows": ev.index.astype(np.int64)}, info=info)

@@ -41,6 +41,7 @@ from bench.lib.generators import (
     skipped,
     synthetic_seed,
 )
+from bench.lib.membership.clients import CLIENT_VIEW_METRICS
 from bench.lib.membership.references import SUMMARY_METRICS, balanced_eval_sets, eval_split, summarize
 
 
@@ -69,7 +70,7 @@ class GenDistance(Attack):
     kind = "generator"
     metrics = (*SUMMARY_METRICS,
                "heldout_balanced_acc", "privacy_loss", "n_synthetic", "mean_distance_members",
-               "mean_distance_nonmembers")
+               "mean_distance_nonmembers", *CLIENT_VIEW_METRICS)
     summary = ()
     paper = ("Hilprecht, Härterich, Bernau, PETS 2019; Chen, Yu, Zhang, Fritz (GAN-Leaks), CCS 2020: "
              "distance to the closest synthetic sample")
@@ -91,5 +92,5 @@ class GenDistance(Attack):
         extra["mean_distance_nonmembers"] = float(d[labels == 0].mean())
         info = {"score": "-min_j ||x - g_j||_2 (pixels in [0, 1])",
                 "P": "mean held-out balanced accuracy, 2-fold over stratified halves"}
-        return summarize(ctx, release, scores, labels, n_boot=c.n_boot, refs=None, started=t0,
+        return summarize(ctx, release, scores, labels, n_boot=c.n_boot, evaluated=ev, refs=None, started=t0,
                          extra_metrics=extra, extra_arrays={"eval_rows": ev.index.astype(np.int64)}, info=info)

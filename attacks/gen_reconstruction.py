@@ -38,6 +38,7 @@ import torch
 
 from bench.api import Attack, AttackResult, BenchError, register_attack
 from bench.lib.generators import generator_of, latent_decoder, privacy_loss_2fold, skipped
+from bench.lib.membership.clients import CLIENT_VIEW_METRICS
 from bench.lib.membership.references import SUMMARY_METRICS, balanced_eval_sets, eval_split, summarize
 
 
@@ -108,7 +109,7 @@ class GenReconstruction(Attack):
     Config = GenReconstructionConfig
     kind = "generator"
     metrics = (*SUMMARY_METRICS,
-               "heldout_balanced_acc", "privacy_loss", "mean_error_members", "mean_error_nonmembers")
+               "heldout_balanced_acc", "privacy_loss", "mean_error_members", "mean_error_nonmembers", *CLIENT_VIEW_METRICS)
     summary = ()
     paper = ("Chen, Yu, Zhang, Fritz (GAN-Leaks), CCS 2020: white-box latent reconstruction; "
              "Hilprecht, Härterich, Bernau, PETS 2019")
@@ -146,7 +147,7 @@ class GenReconstruction(Attack):
         info = {"score": "-min over restarts of ||G(z*, y) - x||_2 (pixels in [0, 1])",
                 "generator": dec.kind, "prior": dec.prior, "conditional": dec.conditional,
                 "P": "mean held-out balanced accuracy, 2-fold over stratified halves"}
-        return summarize(ctx, release, scores, labels, n_boot=c.n_boot, refs=None, started=t0,
+        return summarize(ctx, release, scores, labels, n_boot=c.n_boot, evaluated=ev, refs=None, started=t0,
                          extra_metrics=extra,
                          extra_arrays={"eval_rows": ev.index.astype(np.int64), "reconstruction_error": err},
                          info=info)

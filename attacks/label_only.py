@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from bench.api import Attack, AttackResult, BenchError, register_attack
+from bench.lib.membership.clients import CLIENT_VIEW_METRICS
 from bench.lib.membership.references import (
     SUMMARY_METRICS,
     balanced_eval_sets,
@@ -71,7 +72,7 @@ class LabelOnly(Attack):
     Config = LabelOnlyConfig
     kind = "membership"
     metrics = (*SUMMARY_METRICS,
-               "queries")
+               "queries", *CLIENT_VIEW_METRICS)
     summary = ()
     paper = "Choquette-Choo, Tramer, Carlini, Papernot: Label-Only Membership Inference Attacks, ICML 2021"
 
@@ -104,6 +105,6 @@ class LabelOnly(Attack):
                 scores = m.decision_function(feats)
                 rule = "logistic regression on shadow correctness vectors"
         info = {"queries": int(feats.shape[1]), "rule": rule, "max_shift": c.max_shift, "rotation": c.rotation}
-        return summarize(ctx, release, scores, labels, n_boot=c.n_boot, refs=refs, started=t0,
+        return summarize(ctx, release, scores, labels, n_boot=c.n_boot, evaluated=ev, refs=refs, started=t0,
                          extra_metrics={"queries": float(feats.shape[1])},
                          extra_arrays={"eval_rows": ev.index.astype(np.int64)}, info=info)

@@ -34,6 +34,7 @@ from typing import Literal
 import numpy as np
 
 from bench.api import Attack, AttackResult, BenchError, register_attack
+from bench.lib.membership.clients import CLIENT_VIEW_METRICS
 from bench.lib.membership.metrics import membership_metrics
 from bench.lib.membership.references import (
     SUMMARY_METRICS,
@@ -130,7 +131,7 @@ class LiRA(Attack):
                "online_fixed_balanced_acc", "offline_auc", "offline_tpr_at_1%fpr", "offline_tpr_at_0.1%fpr",
                "offline_balanced_acc", "offline_fixed_auc", "offline_fixed_tpr_at_1%fpr",
                "offline_fixed_tpr_at_0.1%fpr", "offline_fixed_balanced_acc",
-               "in_refs_per_example")
+               "in_refs_per_example", *CLIENT_VIEW_METRICS)
     summary = ("auc", "tpr_at_1%fpr")
     paper = "Carlini, Chien, Nasr, Song, Terzis, Tramer: Membership Inference Attacks From First Principles, S&P 2022"
 
@@ -158,5 +159,5 @@ class LiRA(Attack):
         extra["in_refs_per_example"] = float(keep.sum(0).mean())
         info = {"variant": f"{c.mode}{'_fixed' if c.fixed_variance else ''}", "augment": c.augment,
                 "signal": "logit-scaled confidence"}
-        return summarize(ctx, release, headline, labels, n_boot=c.n_boot, refs=refs, started=t0,
+        return summarize(ctx, release, headline, labels, n_boot=c.n_boot, evaluated=ev, refs=refs, started=t0,
                          extra_metrics=extra, extra_arrays={"eval_rows": ev.index.astype(np.int64)}, info=info)

@@ -37,6 +37,7 @@ from typing import Literal, Optional
 import numpy as np
 
 from bench.api import Attack, AttackResult, BenchError, register_attack
+from bench.lib.membership.clients import CLIENT_VIEW_METRICS
 from bench.lib.membership.metrics import membership_metrics
 from bench.lib.membership.references import (
     SUMMARY_METRICS,
@@ -130,7 +131,7 @@ class RMIA(Attack):
     metrics = (*SUMMARY_METRICS,
                # online_*: only with n_references >= 2
                "offline_a", "offline_auc", "offline_tpr_at_1%fpr", "offline_tpr_at_0.1%fpr", "offline_balanced_acc",
-               "online_auc", "online_tpr_at_1%fpr", "online_tpr_at_0.1%fpr", "online_balanced_acc")
+               "online_auc", "online_tpr_at_1%fpr", "online_tpr_at_0.1%fpr", "online_balanced_acc", *CLIENT_VIEW_METRICS)
     summary = ("auc", "tpr_at_1%fpr", "eps_lb")
     paper = "Zarifzadeh, Liu, Shokri: Low-Cost High-Power Membership Inference Attacks, ICML 2024"
 
@@ -167,7 +168,7 @@ class RMIA(Attack):
                 extra[f"{mode}_{k}"] = m[k]
         info = {"mode": c.mode, "gamma": c.gamma, "offline_a": a, "a_tuning_auc": tuning,
                 "population": "test split", "signal": "softmax probability of the true label"}
-        return summarize(ctx, release, headline, labels, n_boot=c.n_boot, refs=refs, started=t0,
+        return summarize(ctx, release, headline, labels, n_boot=c.n_boot, evaluated=ev, refs=refs, started=t0,
                          extra_metrics=extra, extra_arrays={"eval_rows": ev.index.astype(np.int64)}, info=info)
 
     @staticmethod

@@ -28,6 +28,7 @@ from typing import Literal, Optional
 import numpy as np
 
 from bench.api import Attack, AttackResult, BenchError, register_attack
+from bench.lib.membership.clients import CLIENT_VIEW_METRICS
 from bench.lib.membership.references import (
     SUMMARY_METRICS,
     balanced_eval_sets,
@@ -94,7 +95,7 @@ class Shadow(Attack):
 
     Config = ShadowConfig
     kind = "membership"
-    metrics = SUMMARY_METRICS
+    metrics = (*SUMMARY_METRICS, *CLIENT_VIEW_METRICS)
     summary = ()
     paper = ("Shokri, Stronati, Song, Shmatikov: Membership Inference Attacks Against Machine Learning Models, "
              "S&P 2017; Salem et al.: ML-Leaks, NDSS 2019")
@@ -124,5 +125,5 @@ class Shadow(Attack):
             scores = _fit_predict(x_train, y_train, x_test, c.attack_model, ctx.seed)
         info = {"variant": c.variant, "attack_model": c.attack_model, "features": c.features,
                 "training_records": int(len(y_train))}
-        return summarize(ctx, release, scores, labels, n_boot=c.n_boot, refs=refs, started=t0,
+        return summarize(ctx, release, scores, labels, n_boot=c.n_boot, evaluated=ev, refs=refs, started=t0,
                          extra_arrays={"eval_rows": ev.index.astype(np.int64)}, info=info)

@@ -3,7 +3,9 @@ weighted AUC against non-members reweighted to its class mix; the permutation te
 exposed client is valid when clients differ only in their class mix (label skew with
 class-dependent scores) and finds one client whose members are more exposed; the partition is
 recomputed from the release's record and refused on a fingerprint mismatch; loss-threshold adds
-the view on a FedAvg release and not on a release without clients."""
+the view on a FedAvg release and not on a release without clients, and so does every other
+membership attack (references, label-only, shadow models) and every generator attack on a
+federated generator release."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from sklearn.metrics import roc_auc_score
 from attacks.loss_threshold import LossThreshold
 from bench.core.cache import Cache
 from bench.core.config import make_config
+from bench.core.registry import get_attack
 from bench.harness.context import CellContext, Env
 from bench.lib.federated import client_of_members, find_partition, split_members
 from bench.lib.membership.clients import per_client_view
@@ -128,9 +131,10 @@ def test_partition_recomputes_from_its_record_and_refuses_a_mismatch():
     assert find_partition({"history": {"val_acc": [0.5]}}) is None
 
 
-def _ctx(tmp_path, seed=0):
+def _ctx(tmp_path, seed=0, defense="", defense_config=None):
     env = Env(str(tmp_path / "run"), str(tmp_path / "cache"), "", "cpu", "test", progress=False)
-    return CellContext(env, Cache(env.cache_dir), TASK, math.inf, 0.0, seed, [], {}, {})
+    return CellContext(env, Cache(env.cache_dir), TASK, math.inf, 0.0, seed, [], {}, {}, defense=defense,
+                       defense_config=defense_config)
 
 
 def test_loss_threshold_adds_the_view_on_a_federated_release_only(tmp_path):
@@ -147,3 +151,45 @@ def test_loss_threshold_adds_the_view_on_a_federated_release_only(tmp_path):
     res2 = atk.run(_ctx(tmp_path), plain)
     assert "client_auc_max" not in res2.metrics and "client_view" not in res2.info
     assert "client_auc" not in res2.arrays and 0 <= res2.metrics["auc"] <= 1
+
+
+FED = {"arch": "mlp", "clients": 4, "partition": "dirichlet", "alpha": 0.5, "rounds": 3, "batch_size": 20, "lr": 0.1}
+
+
+@pytest.mark.parametrize("name,config", [
+    ("rmia", {"n_references": 2, "n_population": 100}),
+    ("lira", {"n_references": 2}),
+    ("label-only", {"n_shadows": 0}),
+    ("shadow", {"variant": "ml-leaks", "attack_model": "logreg"}),
+])
+def test_every_membership_attack_adds_the_view_on_a_federated_release(tmp_path, name, config):
+    rel = FedAvg(make_config(FedAvgConfig, FED, "fedavg")).fit(_ctx(tmp_path))
+    cls = get_attack(name)
+    atk = cls(make_config(cls.Config, {**config, "n_eval": 200, "n_boot": 20}, name))
+    res = atk.run(_ctx(tmp_path, defense="fedavg", defense_config=FED), rel)  # references refit FedAvg
+    m = res.metrics
+    assert set(m) <= set(cls.metrics), set(m) - set(cls.metrics)
+    assert m["clients_scored"] == 4 and 0 <= m["client_auc_min"] <= m["client_auc_max"] <= 1
+    assert 0 <= m["auc_class_matched"] <= 1 and 0 < m["client_auc_max_p"] <= 1
+    assert res.arrays["client_members"].sum() == 200 and res.info["client_view"]["clients"] == 4
+
+
+@pytest.mark.parametrize("name,config", [
+    ("gen-distance", {"n_synthetic": 100}),
+    ("gen-classifier", {"n_synthetic": 100, "k": 3}),
+])
+def test_generator_attacks_add_the_view_on_a_federated_generator(tmp_path, name, config):
+    from test_fedavg_gan import TINY
+
+    from defenses.fedavg_gan import FedAvgGAN, FedAvgGANConfig
+
+    ctx = _ctx(tmp_path)
+    rel = FedAvgGAN(make_config(FedAvgGANConfig, {**TINY, "clients": 4, "expected_clients_per_round": 2.0},
+                                "fedavg-gan")).fit(ctx)
+    cls = get_attack(name)
+    atk = cls(make_config(cls.Config, {**config, "n_eval": 200, "n_boot": 20}, name))
+    res = atk.run(_ctx(tmp_path), rel)
+    m = res.metrics
+    assert set(m) <= set(cls.metrics), set(m) - set(cls.metrics)
+    assert m["clients_scored"] == 4 and 0 <= m["client_auc_min"] <= m["client_auc_max"] <= 1
+    assert res.info["client_view"]["clients"] == 4
