@@ -193,3 +193,34 @@ def test_generator_attacks_add_the_view_on_a_federated_generator(tmp_path, name,
     assert set(m) <= set(cls.metrics), set(m) - set(cls.metrics)
     assert m["clients_scored"] == 4 and 0 <= m["client_auc_min"] <= m["client_auc_max"] <= 1
     assert res.info["client_view"]["clients"] == 4
+
+
+def test_feddpsd_client_teachers_get_the_view_and_record_shards_do_not(tmp_path):
+    """FedDPSD (dpsd, one teacher per client) records its client split's recipe, so the view runs
+    on its release and recomputes exactly the teachers' parts; the record partition (example
+    unit, PATE shards) records none."""
+    from bench.lib.federated import client_partition
+    from defenses.dpsd import DPSD
+
+    def ctx():
+        env = Env(str(tmp_path / "run"), str(tmp_path / "cache"), "", "cpu", "test", progress=False)
+        return CellContext(env, Cache(env.cache_dir), TASK, 1.0, 1e-5, 3, [], {}, {}, defense="dpsd")
+
+    base = {"mode": "label", "iterations": 6, "batch_size": 16, "eval_every": 3, "latent_dim": 8,
+            "generator_width": 8, "teachers": 5, "teacher_epochs": 1, "teacher_hidden": 8,
+            "teacher_batch_size": 16}
+    rel = DPSD(make_config(DPSD.Config, {**base, "teacher_partition": "dirichlet", "teacher_alpha": 0.3},
+                           "dpsd")).fit(ctx())
+    found = find_partition(rel.info)
+    assert found["spec"] == {"clients": 5, "scheme": "dirichlet", "alpha": 0.3, "seed": 3}
+    assign = client_of_members(TASK.members, found)
+    rows = np.asarray(TASK.members.index)
+    parts = client_partition(rows, TASK.members.y.numpy(), 5, "dirichlet", 0.3, 3)
+    for i, p in enumerate(parts):
+        assert set(rows[assign == i].tolist()) == set(rows[p].tolist())
+    atk = LossThreshold(make_config(LossThreshold.Config, {"n_eval": 300, "n_boot": 20}, "loss-threshold"))
+    res = atk.run(ctx(), rel)
+    assert res.info["client_view"]["clients"] == 5 and res.arrays["client_members"].sum() == 300
+    rec = DPSD(make_config(DPSD.Config, {**base, "teacher_partition": "record"}, "dpsd")).fit(ctx())
+    assert find_partition(rec.info) is None
+    assert "client_view" not in atk.run(ctx(), rec).info

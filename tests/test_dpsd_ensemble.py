@@ -183,6 +183,8 @@ def test_client_partition_reports_the_client_unit_and_dpdfd_takes_the_ensemble_t
     assert rel.privacy.unit == "client" and rel.info["teacher"] == "ensemble"
     # no noise-free statistic of the members in the release: no client sizes or histograms
     assert not {"sizes", "class_histograms"} & set(rel.info["ensemble"])
+    # only the split's public recipe and fingerprint, for the per-client membership view
+    assert set(rel.info["ensemble"]["client_split"]) == {"spec", "fingerprint"}
 
 
 def test_teacher_calls_and_replay_steps():

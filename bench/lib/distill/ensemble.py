@@ -126,6 +126,14 @@ def fit_teacher_ensemble(task, *, teachers: int, partition: str, alpha: float, h
             "alpha": alpha if partition == "dirichlet" else None, "capacity": int(capacity),
             "capacity_from": capacity_from, "assignment_fingerprint": fingerprint,
             "teacher": f"MLP 1x{hidden} ReLU, Adam lr {lr}, {epochs} epochs, batch {batch_size}"}
+    if partition != "record":
+        # the client split's public recipe and its fingerprint (already above), the record that
+        # bench.lib.federated.find_partition looks for: with it every membership attack adds its
+        # per-client view on the release (bench.lib.membership.clients), as on DP-FedAvg's
+        info["client_split"] = {"spec": {"clients": int(teachers), "scheme": partition,
+                                         "alpha": float(alpha) if partition == "dirichlet" else None,
+                                         "seed": int(seed)},
+                                "fingerprint": fingerprint}
     return module, info
 
 
