@@ -1,6 +1,7 @@
 """Wall time of one cell of each federated entry of the ``fed-mnist`` suites (MNIST, seed 0): FedAvg
 (10 clients, 10 rounds), DENSE (10 clients, one shot), DP-FedAvg (10 and 100 clients, client-level
-epsilon = 1) and FedDPSD (100 client teachers, client-level epsilon = 1).
+epsilon = 1), FedDPSD at the client level (10 and 100 client teachers, client-level epsilon = 1) and
+FedDPSD in DPSD's query unit (the 10 one-shot client models of DENSE as one teacher, epsilon = 1).
 
 Run: ``BENCH_DATA=../shared/data pytest benchmarks/test_federated_cells.py`` (not part of the normal
 test suite: ``testpaths`` is ``tests``). The timed part is the defense's ``fit``, as the runner runs
@@ -22,7 +23,8 @@ from bench.core import registry
 from bench.core.config import make_config
 from bench.harness.suite import load_suite
 
-ENTRIES = ["fedavg-a0.5", "dense-a0.5", "dp-fedavg-n10-iid", "dp-fedavg-n100-iid", "feddpsd-n100-iid"]
+ENTRIES = ["fedavg-a0.5", "dense-a0.5", "dp-fedavg-n10-iid", "dp-fedavg-n100-iid", "feddpsd-n10-a0.5",
+           "feddpsd-n100-iid", "feddpsd-query-a0.5"]
 
 
 @pytest.mark.parametrize("entry", ENTRIES)
