@@ -238,6 +238,13 @@ def test_feddpsd_query_unit_uses_dense_clients_as_one_teacher(method, monkeypatc
     assert rel.info["teacher"].startswith("client ensemble (4 clients, dirichlet")
     assert rel.info["teacher_clients"]["split_fingerprint"] == dense.info["clients"]["fingerprint"]
     assert "class_histograms" not in rel.info["teacher_clients"]  # no member statistics in the release
+    # ... only the split's recipe, from which the per-client view recomputes DENSE's very split
+    assert set(rel.info["teacher_clients"]["client_split"]) == {"spec", "fingerprint"}
+    found = fed_mod.find_partition(rel.info)
+    assert found["spec"] == dense.info["clients"]["spec"]
+    object.__setattr__(task.members, "locked", False)  # the attack's side may read the members
+    assert (fed_mod.client_of_members(task.members, found)
+            == fed_mod.client_of_members(task.members, dense.info["clients"])).all()
 
 
 def test_feddpsd_teacher_clients_bad_configs_are_one_line_errors():

@@ -56,4 +56,6 @@ def resolve_teacher(ctx, c, name: str) -> tuple[nn.Module, str, dict]:
     part = cfg.partition + (f" alpha {cfg.alpha:g}" if cfg.partition == "dirichlet" else "")
     return teacher, f"client ensemble ({cfg.clients} clients, {part})", {
         "clients": cfg.clients, "partition": cfg.partition, "alpha": cfg.alpha if cfg.partition == "dirichlet" else None,
-        "arch": cfg.arch, "local_epochs": cfg.local_epochs, "split_fingerprint": split["fingerprint"]}
+        "arch": cfg.arch, "local_epochs": cfg.local_epochs, "split_fingerprint": split["fingerprint"],
+        # the split's public recipe: lets every membership attack add its per-client view
+        "client_split": {"spec": split["spec"], "fingerprint": split["fingerprint"]}}
