@@ -8,6 +8,8 @@ ensemble transcriptions): client partitions of the member set and the FedAvg rou
   examples cut by p; redrawn until every client holds at least ``min_size`` examples. Smaller
   alpha, stronger skew. Deterministic in (the members' dataset rows, their labels, the seed).
 * :func:`split_members` — a task's members as client splits, with their summary;
+  :func:`partition_spec` — the split's public recipe (what a release records so that the
+  per-client membership view can recompute the split);
 * :func:`partition_summary` — per-client sizes and class histograms, the split's fingerprint and
   its skew (mean total-variation distance of the clients' label distributions from the pooled one).
 * :class:`OneShotClients`, :func:`one_shot_clients` — one-shot local training (DENSE, Zhang et al.
@@ -116,10 +118,15 @@ def split_members(members: Split, num_classes: int, n_clients: int, scheme: str 
     labels = members.y.numpy()
     parts = client_partition(rows, labels, n_clients, scheme, alpha, seed)
     summary = partition_summary(parts, rows, labels, num_classes)
-    # how to recompute the assignment from the task (checked against the fingerprint on use)
-    summary["spec"] = {"clients": int(n_clients), "scheme": scheme,
-                       "alpha": float(alpha) if scheme == "dirichlet" else None, "seed": int(seed)}
+    summary["spec"] = partition_spec(n_clients, scheme, alpha, seed)
     return [members.subset(p) for p in parts], summary
+
+
+def partition_spec(n_clients: int, scheme: str, alpha: float, seed: int) -> dict:
+    """How to recompute a :func:`client_partition` from the task (its public recipe; checked
+    against the split's fingerprint on use by :func:`client_of_members`)."""
+    return {"clients": int(n_clients), "scheme": scheme,
+            "alpha": float(alpha) if scheme == "dirichlet" else None, "seed": int(seed)}
 
 
 def find_partition(info) -> Optional[dict]:

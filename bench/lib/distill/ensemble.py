@@ -86,7 +86,7 @@ def fit_teacher_ensemble(task, *, teachers: int, partition: str, alpha: float, h
     """Train one MLP classifier per disjoint part of ``task.members`` and return the ensemble and
     its public description (partition, unit, capacity, fingerprint of the assignment; no
     noise-free statistic of the members such as part sizes, class histograms or losses)."""
-    from bench.lib.federated import client_partition, partition_summary
+    from bench.lib.federated import client_partition, partition_spec, partition_summary
     from bench.lib.synthetic import partition as record_partition
     from bench.lib.synthetic import row_universe, shard_capacity
     from bench.lib.synthetic.teachers import MLPClassifierEnsemble
@@ -130,10 +130,7 @@ def fit_teacher_ensemble(task, *, teachers: int, partition: str, alpha: float, h
         # the client split's public recipe and its fingerprint (already above), the record that
         # bench.lib.federated.find_partition looks for: with it every membership attack adds its
         # per-client view on the release (bench.lib.membership.clients), as on DP-FedAvg's
-        info["client_split"] = {"spec": {"clients": int(teachers), "scheme": partition,
-                                         "alpha": float(alpha) if partition == "dirichlet" else None,
-                                         "seed": int(seed)},
-                                "fingerprint": fingerprint}
+        info["client_split"] = {"spec": partition_spec(teachers, partition, alpha, seed), "fingerprint": fingerprint}
     return module, info
 
 
