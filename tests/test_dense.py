@@ -256,3 +256,25 @@ def test_feddpsd_teacher_clients_bad_configs_are_one_line_errors():
         make_config(DPSDConfig, {"teacher_clients": {"clients": 3}, "teachers": 10}, "dpsd")
     with pytest.raises(BenchError, match="at least 2 clients"):
         make_config(DPSDConfig, {"teacher_clients": {"clients": 1}}, "dpsd")
+
+
+def test_feddpsd_release_does_not_depend_on_whether_the_clients_came_from_the_cache():
+    """Same seed and config -> the same student, whether the one-shot clients are built inside the
+    transcription's fit (a cold cache) or were built earlier by DENSE and the global torch RNG has
+    moved on since (a warm cache): every random stream of the loop has its own seeded generator."""
+    from bench.core import registry
+
+    cls = registry.get_defense("dpsd")
+
+    def transcribe(warm: bool):
+        ctx = CachingCtx(synthetic_task(n=200))
+        if warm:
+            fit(dict(FED_TEACHER), ctx)
+            torch.rand(1000)  # the global stream is elsewhere now
+        rel = cls(make_config(cls.Config, TRANSCRIPTION, "dpsd")).fit(ctx)
+        assert ctx.builds == ["oneshot-clients"]
+        return rel.model.state_dict(), rel.info["history"]["val_acc"]
+
+    (cold, hist_cold), (warm, hist_warm) = transcribe(False), transcribe(True)
+    assert hist_cold == hist_warm
+    assert all(torch.equal(cold[k], warm[k]) for k in cold)
