@@ -322,6 +322,9 @@ def test_store_rows_carry_privacy_split_and_provenance(finished_run):
         priv, split, prov = json.loads(c["privacy"]), json.loads(c["split"]), json.loads(c["provenance"])
         assert split["sizes"]["members"] == 300 and split["fingerprint"]
         assert "versions" in prov and prov["device"] == "cpu"
+        # the processor and torch's kernel instruction set: numbers are bit-reproducible on one
+        # machine, not across processors, so a store says which one it ran on
+        assert "cpu" in prov and prov["torch_cpu_capability"]
         if c["defense"] == "dpsgd":
             assert priv["unit"] == "example" and priv["delta"] == 1e-5 and "RDP" in priv["accountant"] and 0 < priv["epsilon"] <= 1.0 + 1e-6
             assert c["epsilon"] == 1.0

@@ -78,8 +78,31 @@ def provenance(device: str = "cpu", torch_threads: bool = True) -> dict:
     """Where a run ran. ``torch_threads=False``: leave torch's thread count out (a rerun that
     trains nothing and so never imports torch)."""
     return {"git_sha": git_sha(), "versions": _versions(), "platform": platform.platform(),
-            "machine": platform.machine(), "device": device, "cpu_count": os.cpu_count(),
-            "torch_threads": _torch_threads() if torch_threads else None}
+            "machine": platform.machine(), "cpu": _cpu_model(), "device": device, "cpu_count": os.cpu_count(),
+            "torch_threads": _torch_threads() if torch_threads else None,
+            "torch_cpu_capability": _torch_cpu_capability() if torch_threads else None}
+
+
+def _cpu_model() -> Optional[str]:
+    """The processor's model name: the same seed and config give the same numbers on one machine,
+    but not bit for bit across processors (torch picks its CPU kernels by instruction set)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def _torch_cpu_capability():
+    """The instruction set torch dispatches its CPU kernels to (e.g. AVX2, AVX512)."""
+    try:
+        import torch
+
+        return torch.backends.cpu.get_cpu_capability()
+    except Exception:  # pragma: no cover
+        return None
 
 
 def _torch_threads():
